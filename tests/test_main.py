@@ -1,0 +1,95 @@
+"""`python -m tpt_jax.main`: config parsing, validation and errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+_CONFIGS = sorted(p.name for p in (_REPO / 'configs').glob('*.py'))
+
+
+def _main(*args):
+  return subprocess.run(
+      [sys.executable, '-m', 'tpt_jax.main', *args], cwd=_REPO,
+      capture_output=True, text=True, check=False,
+      env={'PYTHONPATH': str(_REPO), 'PATH': '/usr/bin:/bin',
+           'JAX_PLATFORMS': 'cpu'})
+
+
+def _printed_config(stdout):
+  text = stdout.split('Resolved config:\n', 1)[1]
+  return json.JSONDecoder().raw_decode(text)[0]
+
+
+@pytest.mark.parametrize('config_file', _CONFIGS)
+def test_every_config_file_parses_and_validates(config_file):
+  result = _main(f'--config=configs/{config_file}', '--dry_run')
+  assert result.returncode == 0, result.stderr
+  printed = _printed_config(result.stdout)
+  assert printed['model']['variant'].startswith('gemma2_')
+
+
+@pytest.mark.parametrize('config_file', _CONFIGS)
+def test_every_config_file_opens_with_a_docstring_with_a_command(config_file):
+  text = (_REPO / 'configs' / config_file).read_text()
+  assert text.startswith('r"""') or text.startswith('"""')
+  docstring = text.split('"""')[1]
+  assert 'python -m tpt_jax.main --config=configs/' + config_file in (
+      docstring.replace('\\\n', ' ').replace('  ', ' '))
+
+
+def test_overrides_and_workdir_are_applied():
+  result = _main('--config=configs/gemma2_9b.py', '--dry_run',
+                 '--config.seed=42', '--config.mesh.shape=(1,-1,2)',
+                 '--workdir=/tmp/somewhere')
+  assert result.returncode == 0, result.stderr
+  printed = _printed_config(result.stdout)
+  assert printed['seed'] == 42
+  assert printed['model']['variant'] == 'gemma2_9b'
+  assert list(printed['mesh']['shape']) == [1, -1, 2]
+  assert printed['workdir'] == '/tmp/somewhere'
+
+
+def test_unknown_field_is_named():
+  result = _main('--config=configs/tiny.py', '--config.model.variantt=x')
+  assert result.returncode == 2
+  assert 'Unknown config field in --config.model.variantt=x' in result.stderr
+  assert 'Did you mean "variant"' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_wrong_type_is_named():
+  result = _main('--config=configs/tiny.py', '--config.seed=abc')
+  assert result.returncode == 2
+  assert '--config.seed=abc' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_bad_value_is_named():
+  result = _main('--config=configs/tiny.py', '--config.model.variant=gpt2')
+  assert result.returncode == 2
+  assert "config.model.variant='gpt2' is not one of" in result.stderr
+
+
+def test_tiny_config_runs_on_cpu(tmp_path):
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  assert 'Model: 0.18M params (float32)' in result.stdout
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+  readme = (_REPO / 'README.md').read_text()
+  ci_script = (_REPO / '.ci' / 'run').read_text()
+  test_lines = [line for line in ci_script.splitlines()
+                if 'pytest' in line and not line.startswith('#')]
+  assert len(test_lines) == 1
+  assert f'```bash\n{test_lines[0]}\n```' in readme
+
+
+def test_readme_demo_command_uses_the_demo_config():
+  readme = (_REPO / 'README.md').read_text()
+  assert ('pip install -q -e . && python -m tpt_jax.main '
+          '--config=configs/demo.py') in readme

@@ -1,0 +1,123 @@
+"""The base config that every file in `configs/` starts from, and its validation.
+
+Each config file calls `base_config()` and states only what differs, e.g.
+
+    def get_config():
+      config = config_lib.base_config()
+      config.model.variant = 'gemma2_9b'
+      return config
+
+The config is a locked `ml_collections.ConfigDict`: an unknown field or a value
+of the wrong type is refused by name, both in the file and in absl overrides
+(`--config.train.learning_rate=1e-5`). `validate()` then checks what types
+alone cannot (allowed values, shapes of the mesh, ...).
+
+Sections (one per stage, data flows think -> prune -> records -> train ->
+evaluate):
+  model       which Gemma2 architecture, dtypes.
+  tokenizer   the sentencepiece model.
+  checkpoint  where the starting weights come from.
+  mesh        device mesh and multi-host set-up.
+  task        which problems (gsm8k / mbpp / demo), where they live, prompts.
+  sampling    the Think stage.
+  prune       verifiers and pruning strategies.
+  train       the SFT stage.
+  eval        Pass@1 / pass@k / maj@k.
+  loop        rounds.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+
+def optional(field_type: type):
+  """A field that defaults to None but is type-checked when overridden.
+
+  (A new placeholder each call: a shared one would link the fields.)
+  """
+  return ml_collections.config_dict.placeholder(field_type)
+
+MODEL_VARIANTS = ('gemma2_2b', 'gemma2_9b', 'gemma2_27b', 'gemma2_tiny',
+                  'gemma2_demo')
+DTYPES = ('bfloat16', 'float32', 'float16')
+CHECKPOINT_FORMATS = ('auto', 'orbax', 'safetensors', 'random')
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the defaults shared by every config file (the CPU demo's)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.workdir = optional(str)
+
+  # --- model -----------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  # One of MODEL_VARIANTS. The gemma2_* variants are the `gemma` library's own
+  # configs; gemma2_tiny / gemma2_demo keep the architecture at toy size.
+  config.model.variant = 'gemma2_tiny'
+  config.model.param_dtype = 'bfloat16'
+  config.model.compute_dtype = 'bfloat16'
+  # For the toy variants only: the vocabulary must match the tokenizer's.
+  config.model.vocab_size = optional(int)
+
+  # --- tokenizer -------------------------------------------------------------
+  config.tokenizer = ml_collections.ConfigDict()
+  # Path of a sentencepiece `.model` file (e.g. Gemma2's `tokenizer.model`).
+  # None: the demo builds a small one on the spot.
+  config.tokenizer.path = optional(str)
+  # Wrap prompts in Gemma2's chat template (for instruction-tuned checkpoints).
+  config.tokenizer.chat_template = False
+
+  # --- checkpoint --------------------------------------------------------------
+  config.checkpoint = ml_collections.ConfigDict()
+  # A directory: an orbax Gemma2 checkpoint (flat `transformer/layer_0/...`
+  # or nested, as `gemma` writes it) or a Hugging Face Gemma2 directory
+  # (`config.json` + `*.safetensors`). None: random init (tests, demo).
+  config.checkpoint.path = optional(str)
+  config.checkpoint.format = 'auto'  # One of CHECKPOINT_FORMATS.
+
+  # --- mesh ------------------------------------------------------------------
+  config.mesh = ml_collections.ConfigDict()
+  # Sizes of the (data, fsdp, tensor) axes; one -1 takes what is left.
+  config.mesh.shape = (1, -1, 1)
+  # Call jax.distributed.initialize() (multi-host): 'on', 'off', or 'auto'
+  # (when the environment says this is one process of several:
+  # JAX_COORDINATOR_ADDRESS, a multi-host TPU slice, a SLURM job).
+  config.mesh.distributed = 'auto'
+
+  return config
+
+
+class ConfigError(ValueError):
+  """A config value that is not allowed; the message names the field."""
+
+
+def _check_choice(config: ml_collections.ConfigDict, field: str,
+                  choices: tuple[str, ...]) -> None:
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  if value not in choices:
+    raise ConfigError(
+        f'config.{field}={value!r} is not one of {", ".join(choices)}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first field whose value is not allowed."""
+  _check_choice(config, 'model.variant', MODEL_VARIANTS)
+  _check_choice(config, 'model.param_dtype', DTYPES)
+  _check_choice(config, 'model.compute_dtype', DTYPES)
+  _check_choice(config, 'checkpoint.format', CHECKPOINT_FORMATS)
+  shape = tuple(config.mesh.shape)
+  if len(shape) != len(MESH_AXES):
+    raise ConfigError(
+        f'config.mesh.shape={shape} must have {len(MESH_AXES)} entries, one '
+        f'per axis {MESH_AXES}.')
+  if sum(1 for s in shape if s == -1) > 1 or any(
+      s == 0 or s < -1 for s in shape):
+    raise ConfigError(
+        f'config.mesh.shape={shape}: sizes must be positive, with at most one '
+        '-1 to take the remaining devices.')
+  _check_choice(config, 'mesh.distributed', ('auto', 'on', 'off'))
