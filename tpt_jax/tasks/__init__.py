@@ -1,0 +1,210 @@
+"""Tasks: where problems come from, how prompts look, how answers are checked.
+
+A task is one module in this package (e.g. `tpt_jax/tasks/demo.py`) that
+defines `TASK`, an object following the `Task` protocol; its module name is
+the task's name in `config.task.name`. Adding a task means adding one such
+module: `get_task` finds it by name, nothing else needs registering. Helper
+modules that are not tasks start with an underscore.
+
+This module also holds what every task shares: the `Problem` record, the
+prompt styles and their layout, the choice of few-shot exemplars, and the
+`config.task` defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Protocol, Sequence, runtime_checkable
+
+import ml_collections
+
+from tpt_jax import config as config_lib
+
+SPLITS = ('train', 'test')
+PROMPT_STYLES = ('zero_shot', 'zero_shot_cot', 'few_shot')
+# The chain-of-thought instruction of the 'zero_shot_cot' style, unless a task
+# passes its own (Kojima et al. 2022).
+COT_INSTRUCTION = "Let's think step by step."
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """One problem with a known final answer.
+
+  Attributes:
+    problem_id: stable, unique within the task and split, e.g. 'demo/train/3'.
+    question: the problem statement shown to the model.
+    answer: the reference final answer, as a string (e.g. '14').
+    solution: a worked solution ending in the answer, when known (few-shot
+      exemplars and warm-up data need one).
+  """
+  problem_id: str
+  question: str
+  answer: str
+  solution: str | None = None
+
+
+@runtime_checkable
+class Task(Protocol):
+  """What the loop needs from a task."""
+
+  name: str
+
+  def load_problems(self, split: str,
+                    config: ml_collections.ConfigDict) -> list[Problem]:
+    """The problems of `split` ('train' or 'test'), in a fixed order."""
+
+  def verify(self, completion: str,
+             problem: Problem) -> tuple[bool, str | None]:
+    """(whether `completion` is correct, the answer extracted from it)."""
+
+  def format_prompt(self, problem: Problem, style: str,
+                    exemplars: Sequence[Problem] = ()) -> str:
+    """The prompt for `problem` in one of PROMPT_STYLES."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults of `config.task` (the CPU demo's)."""
+  config = ml_collections.ConfigDict()
+  # Which task: the name of a module in tpt_jax/tasks (see task_names()).
+  config.name = 'demo'
+  # Seed of generated problems (the demo task); each seed gives other problems.
+  config.seed = 0
+  # How many problems each split has (generated tasks only).
+  config.num_train_problems = 256
+  config.num_test_problems = 128
+  # Demo difficulty: steps per problem, largest operand, largest intermediate
+  # value (operands start at 1; every intermediate value is >= 1).
+  config.min_steps = 2
+  config.max_steps = 4
+  config.max_operand = 9
+  config.max_value = 100
+  # One of PROMPT_STYLES. 'few_shot' needs num_few_shot > 0: that many train
+  # problems become exemplars and are excluded from training.
+  config.prompt_style = 'zero_shot'
+  config.num_few_shot = 0
+  # Local data files of the real tasks (None until those tasks are used).
+  config.gsm8k_path = config_lib.optional(str)
+  config.mbpp_path = config_lib.optional(str)
+  return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first `config.task` field not allowed.
+
+  Checks what every task shares; a task checks its own fields when loading.
+  """
+  if config.name not in task_names():
+    raise config_lib.ConfigError(
+        f'config.task.name={config.name!r} is not a known task; known tasks: '
+        f'{", ".join(task_names())}.')
+  if config.prompt_style not in PROMPT_STYLES:
+    raise config_lib.ConfigError(
+        f'config.task.prompt_style={config.prompt_style!r} is not one of '
+        f'{", ".join(PROMPT_STYLES)}.')
+  if config.num_few_shot < 0:
+    raise config_lib.ConfigError(
+        f'config.task.num_few_shot={config.num_few_shot} must not be '
+        'negative.')
+  if (config.prompt_style == 'few_shot') != (config.num_few_shot > 0):
+    raise config_lib.ConfigError(
+        f'config.task.num_few_shot={config.num_few_shot} does not fit '
+        f'config.task.prompt_style={config.prompt_style!r}: exemplars are used '
+        "with 'few_shot' only, and 'few_shot' needs at least one.")
+
+
+def task_names() -> list[str]:
+  """Names of the tasks in this package, sorted."""
+  return sorted(module.name for module in pkgutil.iter_modules(__path__)
+                if not module.name.startswith('_'))
+
+
+def get_task(name: str) -> Task:
+  """The task named `name` (its module's `TASK`)."""
+  known = task_names()
+  if name not in known:
+    raise ValueError(
+        f'Unknown task name={name!r}; known tasks: {", ".join(known)}.')
+  module = importlib.import_module(f'{__name__}.{name}')
+  task = getattr(module, 'TASK', None)
+  if not isinstance(task, Task) or task.name != name:
+    raise TypeError(
+        f'Module {module.__name__} must define TASK, a Task named {name!r}.')
+  return task
+
+
+def select_exemplars(train_problems: Sequence[Problem], num_few_shot: int
+                     ) -> tuple[list[Problem], list[Problem]]:
+  """Splits train problems into few-shot exemplars and training problems.
+
+  The exemplars are the first `num_few_shot` problems (tasks list their
+  problems in a fixed, seeded order), so every round and every rerun uses the
+  same ones; they are removed from the returned training problems so the
+  model is never trained on its own prompt.
+
+  Returns:
+    (exemplars, the remaining training problems).
+  """
+  if num_few_shot < 0:
+    raise ValueError(f'num_few_shot={num_few_shot} must not be negative.')
+  if num_few_shot > len(train_problems):
+    raise ValueError(
+        f'num_few_shot={num_few_shot} is more than the '
+        f'{len(train_problems)} train problems.')
+  exemplars = list(train_problems[:num_few_shot])
+  for exemplar in exemplars:
+    if exemplar.solution is None:
+      raise ValueError(
+          f'Exemplar problem_id={exemplar.problem_id!r} has no worked '
+          'solution to show.')
+  return exemplars, list(train_problems[num_few_shot:])
+
+
+def render_prompt(problem: Problem, style: str,
+                  exemplars: Sequence[Problem] = (), *,
+                  cot_instruction: str = COT_INSTRUCTION) -> str:
+  """The shared prompt layout of every style.
+
+    zero_shot:      'Question: {question}\\nAnswer:\\n'
+    zero_shot_cot:  'Question: {question}\\n{cot_instruction}\\nAnswer:\\n'
+    few_shot:       'Question: {q_i}\\nAnswer:\\n{solution_i}\\n\\n' per
+                    exemplar, then the zero_shot prompt.
+
+  The completion (and a worked solution used as a training target) follows
+  'Answer:\\n' directly.
+
+  Args:
+    problem: the problem asked.
+    style: one of PROMPT_STYLES.
+    exemplars: worked train problems; required for 'few_shot', refused
+      otherwise (so a misconfigured run fails instead of silently ignoring
+      them). `problem` must not be one of them.
+    cot_instruction: the instruction of 'zero_shot_cot'.
+
+  Returns:
+    The prompt text, without chat template or special tokens.
+  """
+  if style not in PROMPT_STYLES:
+    raise ValueError(
+        f'style={style!r} is not one of {", ".join(PROMPT_STYLES)}.')
+  if style == 'few_shot' and not exemplars:
+    raise ValueError("style='few_shot' needs at least one exemplar.")
+  if style != 'few_shot' and exemplars:
+    raise ValueError(
+        f'style={style!r} takes no exemplars, but {len(exemplars)} were given.')
+  shots = []
+  for exemplar in exemplars:
+    if exemplar.solution is None:
+      raise ValueError(
+          f'Exemplar problem_id={exemplar.problem_id!r} has no worked '
+          'solution to show.')
+    if exemplar.problem_id == problem.problem_id:
+      raise ValueError(
+          f'problem_id={problem.problem_id!r} is one of its own exemplars.')
+    shots.append(
+        f'Question: {exemplar.question}\nAnswer:\n{exemplar.solution}\n\n')
+  instruction = f'{cot_instruction}\n' if style == 'zero_shot_cot' else ''
+  return (''.join(shots) +
+          f'Question: {problem.question}\n{instruction}Answer:\n')
