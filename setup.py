@@ -22,6 +22,8 @@ setuptools.setup(
         'optax',
         'orbax-checkpoint',
         'tensorflow-datasets',
+        # tfds 4.9 imports it when preparing a dataset but does not declare it.
+        'importlib_resources',
         'ml-collections',
         'absl-py',
         'safetensors',

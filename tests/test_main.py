@@ -74,6 +74,16 @@ def test_bad_value_is_named():
   assert "config.model.variant='gpt2' is not one of" in result.stderr
 
 
+def test_stage_fields_are_validated():
+  result = _main('--config=configs/tiny.py', '--config.task.name=gsm9k')
+  assert result.returncode == 2
+  assert "config.task.name='gsm9k' is not a known task" in result.stderr
+  result = _main('--config=configs/tiny.py',
+                 '--config.prune.strategies=correct,dedupe')
+  assert result.returncode == 2
+  assert "Unknown pruning strategy 'dedupe'" in result.stderr
+
+
 def test_tiny_config_runs_on_cpu(tmp_path):
   result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}')
   assert result.returncode == 0, result.stderr

@@ -87,6 +87,15 @@ def base_config() -> ml_collections.ConfigDict:
   # JAX_COORDINATOR_ADDRESS, a multi-host TPU slice, a SLURM job).
   config.mesh.distributed = 'auto'
 
+  # --- stage sections: each stage module owns its defaults ------------------
+  # (imported here, not at the top, so stage modules may use ConfigError.)
+  from tpt_jax import prune  # pylint: disable=g-import-not-at-top
+  from tpt_jax import sources  # pylint: disable=g-import-not-at-top
+  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
+  config.task = tasks.default_config()
+  config.task.sources = sources.default_config()
+  config.prune = prune.default_config()
+
   return config
 
 
@@ -121,3 +130,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'config.mesh.shape={shape}: sizes must be positive, with at most one '
         '-1 to take the remaining devices.')
   _check_choice(config, 'mesh.distributed', ('auto', 'on', 'off'))
+  from tpt_jax import prune  # pylint: disable=g-import-not-at-top
+  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
+  tasks.validate_config(config.task)
+  try:
+    prune.parse_strategies(config.prune.strategies)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e

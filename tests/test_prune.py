@@ -1,0 +1,167 @@
+"""Tests of the pruning strategies."""
+
+import random
+
+import pytest
+
+from tpt_jax import prune
+from tpt_jax import verify
+
+REASONING = ('Natalia sold 48 clips in April and half as many in May, so '
+             '48 / 2 = 24 clips in May and 48 + 24 = 72 in total.\n')
+
+
+def _trace(problem_id='p1', sample_index=0, completion=REASONING + '#### 72',
+           correct=True, num_tokens=None):
+  return prune.Trace(problem_id=problem_id, sample_index=sample_index,
+                     prompt='Q: ...', completion=completion, correct=correct,
+                     extracted_answer='72', num_tokens=num_tokens)
+
+
+def _config(**overrides):
+  config = prune.default_config()
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_default_keeps_only_correct_traces():
+  traces = [_trace(sample_index=0, correct=True),
+            _trace(sample_index=1, correct=False),
+            _trace(sample_index=2, correct=None)]
+  result = prune.prune(traces)
+  assert [t.sample_index for t in result.kept] == [0]
+  assert result.removed == {'correct': 2}
+
+
+def test_none_keeps_everything():
+  traces = [_trace(sample_index=i, correct=i % 2 == 0) for i in range(5)]
+  result = prune.build_pipeline(_config(strategies='none'))(traces)
+  assert len(result.kept) == 5
+  assert result.removed == {'none': 0}
+
+
+def test_dedup_per_problem_up_to_whitespace():
+  traces = [
+      _trace('p1', 0, 'a  b\n#### 1'),
+      _trace('p1', 1, 'a b #### 1'),  # same text up to whitespace
+      _trace('p1', 2, 'a c #### 1'),
+      _trace('p2', 0, 'a b #### 1'),  # same text, other problem: kept
+  ]
+  result = prune.build_pipeline(_config(strategies='dedup'))(traces)
+  assert [(t.problem_id, t.sample_index) for t in result.kept] == [
+      ('p1', 0), ('p1', 2), ('p2', 0)]
+  assert result.removed == {'dedup': 1}
+
+
+def test_max_per_problem_keeps_lowest_sample_indices():
+  traces = [_trace(p, i, f'{p} {i} {REASONING}') for p in ('a', 'b')
+            for i in range(5)]
+  random.Random(0).shuffle(traces)
+  result = prune.build_pipeline(
+      _config(strategies='correct,max_per_problem', max_per_problem=2))(traces)
+  assert [(t.problem_id, t.sample_index) for t in result.kept] == [
+      ('a', 0), ('a', 1), ('b', 0), ('b', 1)]
+  assert result.removed == {'correct': 0, 'max_per_problem': 6}
+
+
+def test_length_bounds_in_tokens_and_chars():
+  traces = [_trace(sample_index=i, completion='x' * (10 * i), num_tokens=i)
+            for i in range(1, 6)]
+  by_tokens = prune.build_pipeline(
+      _config(strategies='length', min_tokens=2, max_tokens=4))(traces)
+  assert [t.num_tokens for t in by_tokens.kept] == [2, 3, 4]
+  by_chars = prune.build_pipeline(
+      _config(strategies='length', max_chars=30))(traces)
+  assert [len(t.completion) for t in by_chars.kept] == [10, 20, 30]
+  assert by_chars.removed == {'length': 2}
+
+
+def test_length_by_tokens_needs_token_counts():
+  with pytest.raises(ValueError, match='num_tokens'):
+    prune.build_pipeline(_config(strategies='length', max_tokens=5))(
+        [_trace(num_tokens=None)])
+
+
+def test_repetition_filter_drops_degenerate_loops():
+  loop = REASONING + 'and then we add it again ' * 40 + '#### 72'
+  traces = [_trace(sample_index=0), _trace(sample_index=1, completion=loop)]
+  result = prune.build_pipeline(_config(strategies='repetition'))(traces)
+  assert [t.sample_index for t in result.kept] == [0]
+  assert result.removed == {'repetition': 1}
+  fraction, count = prune.repeated_ngram_fraction(loop, 4)
+  assert fraction > 0.5 and count > 20
+
+
+def test_no_reasoning_and_short_reasoning():
+  traces = [
+      _trace(sample_index=0, completion='#### 72'),
+      _trace(sample_index=1, completion='The answer is 72.'),
+      _trace(sample_index=2, completion='48 + 24 = 72.\nThe answer is 72.'),
+      _trace(sample_index=3),
+  ]
+  no_reasoning = prune.build_pipeline(_config(strategies='no_reasoning'))
+  assert [t.sample_index for t in no_reasoning(traces).kept] == [2, 3]
+  short = prune.build_pipeline(
+      _config(strategies='short_reasoning', min_reasoning_words=10))
+  result = short(traces)
+  assert [t.sample_index for t in result.kept] == [3]
+  assert result.removed == {'short_reasoning': 3}
+
+
+def test_composition_reports_each_filter_in_order():
+  traces = ([_trace('p1', i, correct=i != 3) for i in range(6)] +
+            [_trace('p2', 0, '#### 72')])
+  config = _config(strategies='correct, dedup, no_reasoning, max_per_problem',
+                   max_per_problem=1)
+  result = prune.build_pipeline(config)(traces)
+  assert list(result.removed) == ['correct', 'dedup', 'no_reasoning',
+                                  'max_per_problem']
+  assert result.removed == {'correct': 1, 'dedup': 4, 'no_reasoning': 1,
+                            'max_per_problem': 0}
+  assert result.num_removed == len(traces) - len(result.kept)
+  assert [(t.problem_id, t.sample_index) for t in result.kept] == [('p1', 0)]
+  assert 'kept 1/7' in prune.format_report(result, len(traces))
+  metrics = prune.removed_counts_as_metrics(result)
+  assert metrics['prune/removed_dedup'] == 4 and metrics['prune/kept'] == 1
+
+
+def test_output_order_does_not_depend_on_input_order():
+  traces = [_trace(f'p{i % 4}', i, f'{i} {REASONING}', correct=i % 3 != 0)
+            for i in range(40)]
+  pipeline = prune.build_pipeline(_config(strategies='correct,dedup'))
+  expected = pipeline(traces).kept
+  for seed in range(5):
+    shuffled = list(traces)
+    random.Random(seed).shuffle(shuffled)
+    assert pipeline(shuffled).kept == expected
+
+
+def test_strategies_accept_a_tuple_and_reject_unknown_names():
+  assert prune.parse_strategies(('correct', 'dedup')) == ('correct', 'dedup')
+  with pytest.raises(ValueError, match='dedupe'):
+    prune.build_pipeline(_config(strategies='correct,dedupe'))
+  with pytest.raises(ValueError, match='empty'):
+    prune.build_pipeline(_config(strategies=' , '))
+  with pytest.raises(ValueError, match='max_per_problem'):
+    prune.build_pipeline(_config(strategies='max_per_problem',
+                                 max_per_problem=0))
+
+
+def test_code_config_builds_sandbox_limits():
+  config = prune.default_config()
+  config.code.timeout_s = 3.0
+  limits = verify.sandbox_limits(config.code)
+  assert limits.timeout_s == 3.0
+  assert limits.memory_mb == config.code.memory_mb
+
+
+def test_default_config_overrides_are_type_checked():
+  config = prune.default_config()
+  config.lock()
+  config.strategies = 'none'
+  config.code.timeout_s = 3.0
+  with pytest.raises(TypeError):
+    config.max_per_problem = 'four'
+  with pytest.raises(AttributeError):
+    config.strategys = 'none'
