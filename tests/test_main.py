@@ -101,5 +101,5 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_demo_command_uses_the_demo_config():
   readme = (_REPO / 'README.md').read_text()
-  assert ('pip install -q -e . && python -m tpt_jax.main '
+  assert ('pip install -q -e . -c constraints.txt && python -m tpt_jax.main '
           '--config=configs/demo.py') in readme
