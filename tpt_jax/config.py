@@ -90,11 +90,15 @@ def base_config() -> ml_collections.ConfigDict:
   # --- stage sections: each stage module owns its defaults ------------------
   # (imported here, not at the top, so stage modules may use ConfigError.)
   from tpt_jax import prune  # pylint: disable=g-import-not-at-top
+  from tpt_jax import sampling  # pylint: disable=g-import-not-at-top
   from tpt_jax import sources  # pylint: disable=g-import-not-at-top
   from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
+  from tpt_jax import train  # pylint: disable=g-import-not-at-top
   config.task = tasks.default_config()
   config.task.sources = sources.default_config()
+  config.sampling = sampling.default_config()
   config.prune = prune.default_config()
+  config.train = train.default_config()
 
   return config
 
