@@ -239,6 +239,29 @@ def test_verifier_is_strict(task, completion, expected):
   assert task.verify(completion, problem) == expected
 
 
+def test_demo_majority_vote_uses_integer_answers(task):
+  assert task.majority_vote is True
+  assert task.normalize_answer('014') == '14'
+  assert task.normalize_answer('-3') == '-3'
+  with pytest.raises(ValueError, match="answer='x'"):
+    task.normalize_answer('x')
+
+
+def test_problem_code_fields_default_to_none():
+  problem = tasks.Problem('x/1', 'q', '1')
+  assert problem.test_list == () and problem.test_setup_code == ''
+
+
+@pytest.mark.parametrize('completion, expected', [
+    ('The answer is 14.', 'The answer is 14.'),
+    ('The answer is 14.\n\nQuestion: More?\nAnswer:\n1',
+     'The answer is 14.\n'),
+    ('Question: first line stays', 'Question: first line stays'),
+])
+def test_cut_at_next_question(completion, expected):
+  assert tasks.cut_at_next_question(completion) == expected
+
+
 # -------------------------------------------------------------- prompts -----
 
 def test_zero_shot_prompt(task, problems):

@@ -7,7 +7,8 @@ module: `get_task` finds it by name, nothing else needs registering. Helper
 modules that are not tasks start with an underscore.
 
 This module also holds what every task shares: the `Problem` record, the
-prompt styles and their layout, the choice of few-shot exemplars, and the
+prompt styles and their layout, the choice of few-shot exemplars, batch
+verification (`verify_all`), the location of the shared data files and the
 `config.task` defaults.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pathlib
 import pkgutil
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -27,30 +29,46 @@ PROMPT_STYLES = ('zero_shot', 'zero_shot_cot', 'few_shot')
 # The chain-of-thought instruction of the 'zero_shot_cot' style, unless a task
 # passes its own (Kojima et al. 2022).
 COT_INSTRUCTION = "Let's think step by step."
+# Where the real tasks' data lies by default: `../shared/data` beside the repo.
+SHARED_DATA_DIR = (
+    pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data')
 
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-  """One problem with a known final answer.
+  """One problem with a known final answer (or, for code, tests).
 
   Attributes:
     problem_id: stable, unique within the task and split, e.g. 'demo/train/3'.
     question: the problem statement shown to the model.
-    answer: the reference final answer, as a string (e.g. '14').
+    answer: the reference final answer, as a string (e.g. '14'); for code
+      tasks the reference program.
     solution: a worked solution ending in the answer, when known (few-shot
-      exemplars and warm-up data need one).
+      exemplars and warm-up data need one); for code tasks the reference
+      program.
+    test_list: code tasks: Python statements (MBPP asserts) run after the
+      candidate program; all must pass.
+    test_setup_code: code tasks: Python run before the tests.
   """
   problem_id: str
   question: str
   answer: str
   solution: str | None = None
+  test_list: tuple[str, ...] = ()
+  test_setup_code: str = ''
 
 
 @runtime_checkable
 class Task(Protocol):
-  """What the loop needs from a task."""
+  """What the loop needs from a task.
+
+  A task may also define `verify_many(completions, problems, prune_config)`,
+  a batched `verify` that honours `config.prune` (see `verify_all`).
+  """
 
   name: str
+  # Whether maj@k applies: the task's answers can be voted on (code cannot).
+  majority_vote: bool
 
   def load_problems(self, split: str,
                     config: ml_collections.ConfigDict) -> list[Problem]:
@@ -63,6 +81,9 @@ class Task(Protocol):
   def format_prompt(self, problem: Problem, style: str,
                     exemplars: Sequence[Problem] = ()) -> str:
     """The prompt for `problem` in one of PROMPT_STYLES."""
+
+  def normalize_answer(self, answer: str) -> str:
+    """The canonical form of an extracted answer, for majority voting."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -133,6 +154,90 @@ def get_task(name: str) -> Task:
     raise TypeError(
         f'Module {module.__name__} must define TASK, a Task named {name!r}.')
   return task
+
+
+def verify_all(task: Task, completions: Sequence[str],
+               problems: Sequence[Problem],
+               prune_config: ml_collections.ConfigDict
+               ) -> list[tuple[bool, str | None]]:
+  """(correct, extracted answer) of each completion against its problem.
+
+  Uses the task's `verify_many` when it has one (it honours the verifier
+  settings of `prune_config`, i.e. `config.prune`, and may run in parallel),
+  else `task.verify` one by one.
+
+  Args:
+    task: the task.
+    completions: model outputs, one per problem.
+    problems: `problems[i]` is the problem `completions[i]` answers.
+    prune_config: `config.prune`.
+
+  Returns:
+    One (correct, extracted answer) pair per completion, in order.
+  """
+  if len(completions) != len(problems):
+    raise ValueError(
+        f'verify_all got {len(completions)} completions but {len(problems)} '
+        'problems; they must pair up one to one.')
+  verify_many = getattr(task, 'verify_many', None)
+  if verify_many is not None:
+    results = list(verify_many(completions, problems, prune_config))
+    if len(results) != len(completions):
+      raise RuntimeError(
+          f'Task {task.name!r} verify_many returned {len(results)} verdicts '
+          f'for {len(completions)} completions.')
+    return results
+  return [task.verify(completion, problem)
+          for completion, problem in zip(completions, problems)]
+
+
+def data_path(config: ml_collections.ConfigDict, field: str,
+              default_name: str) -> pathlib.Path:
+  """The data location `config.<field>` names, else the shared default.
+
+  Args:
+    config: `config.task`.
+    field: the path field of `config`, e.g. 'gsm8k_path'.
+    default_name: the entry of SHARED_DATA_DIR used when the field is None.
+
+  Returns:
+    An existing path (file or directory).
+
+  Raises:
+    ConfigError: naming `config.task.<field>` when it is unset and the
+      default is missing, or set to a path that does not exist.
+  """
+  value = config.get(field)
+  if value is None:
+    default = SHARED_DATA_DIR / default_name
+    if not default.exists():
+      raise config_lib.ConfigError(
+          f'config.task.{field} is not set and the default {default} does not '
+          f'exist; set config.task.{field} to the data.')
+    return default
+  path = pathlib.Path(value).expanduser()
+  if not path.exists():
+    raise config_lib.ConfigError(
+        f'config.task.{field}={value!r} does not exist.')
+  return path
+
+
+def on_malformed_line(config: ml_collections.ConfigDict) -> str:
+  """`config.task.sources.on_malformed_line`, 'raise' when there is none."""
+  sources_config = config.get('sources')
+  if sources_config is None:
+    return 'raise'
+  return sources_config.get('on_malformed_line', 'raise')
+
+
+def cut_at_next_question(completion: str) -> str:
+  """`completion` up to the next 'Question:' line, where a new shot starts.
+
+  A sampler without a stop string continues a few-shot prompt with made-up
+  questions and answers of its own; they are not part of the answer.
+  """
+  end = completion.find('\nQuestion:')
+  return completion if end < 0 else completion[:end]
 
 
 def select_exemplars(train_problems: Sequence[Problem], num_few_shot: int

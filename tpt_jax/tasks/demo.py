@@ -321,6 +321,7 @@ def extract_answer(completion: str) -> str | None:
 class DemoTask:
   """The demo task (see the module docstring)."""
   name: str = NAME
+  majority_vote: bool = True
   cot_instruction: str = (
       'Solve it step by step, one step per line, and end with '
       '"The answer is N."')
@@ -347,6 +348,15 @@ class DemoTask:
                     exemplars: Sequence[tasks.Problem] = ()) -> str:
     return tasks.render_prompt(problem, style, exemplars,
                                cot_instruction=self.cot_instruction)
+
+  def normalize_answer(self, answer: str) -> str:
+    """The integer `answer` states, canonical ('014' -> '14'), for maj@k."""
+    try:
+      return str(int(answer))
+    except (TypeError, ValueError):
+      raise ValueError(
+          f'answer={answer!r} is not an integer answer of the demo task.'
+      ) from None
 
 
 TASK = DemoTask()

@@ -1,0 +1,350 @@
+"""Tests of the real tasks, gsm8k and mbpp, on the shared data files.
+
+The data lies in `../shared/data` beside the repo (the tasks' default). MBPP
+tests run only a few sandboxes, in one batch.
+"""
+
+import json
+import re
+
+import pytest
+
+from tpt_jax import config as config_lib
+from tpt_jax import prune
+from tpt_jax import sources
+from tpt_jax import tasks
+from tpt_jax.tasks import gsm8k
+from tpt_jax.tasks import mbpp
+
+
+def _config(name, **overrides):
+  """`config.task` for task `name`, with `sources` as the full config has."""
+  config = tasks.default_config()
+  config.name = name
+  config.sources = sources.default_config()
+  config.update(overrides)
+  return config
+
+
+def _prune_config(**math):
+  config = prune.default_config()
+  config.code.num_workers = 2
+  config.math.update(math)
+  return config
+
+
+@pytest.fixture(scope='module')
+def gsm8k_problems():
+  task = tasks.get_task('gsm8k')
+  return {split: task.load_problems(split, _config('gsm8k'))
+          for split in tasks.SPLITS}
+
+
+@pytest.fixture(scope='module')
+def mbpp_problems():
+  task = tasks.get_task('mbpp')
+  return {split: task.load_problems(split, _config('mbpp'))
+          for split in (*tasks.SPLITS, mbpp.PROMPT_SPLIT)}
+
+
+# -------------------------------------------------------------- registry ----
+
+def test_task_names_lists_the_real_tasks():
+  assert tasks.task_names() == ['demo', 'gsm8k', 'mbpp']
+  for name in tasks.task_names():
+    task = tasks.get_task(name)
+    assert isinstance(task, tasks.Task)
+    assert isinstance(task.majority_vote, bool)
+
+
+def test_majority_vote_flags():
+  assert tasks.get_task('demo').majority_vote
+  assert tasks.get_task('gsm8k').majority_vote
+  assert not tasks.get_task('mbpp').majority_vote
+
+
+def test_verify_all_needs_one_problem_per_completion():
+  problem = tasks.Problem('demo/test/0', 'How many?', '14', None)
+  with pytest.raises(ValueError, match='2 completions but 1 problems'):
+    tasks.verify_all(tasks.get_task('demo'), ['a', 'b'], [problem],
+                     _prune_config())
+
+
+def test_verify_all_falls_back_to_verify_for_the_demo():
+  task = tasks.get_task('demo')
+  assert not hasattr(task, 'verify_many')
+  problem = tasks.Problem('demo/test/0', 'How many?', '14', None)
+  assert tasks.verify_all(
+      task, ['The answer is 14.', 'The answer is 13.', ''],
+      [problem] * 3, _prune_config()) == [
+          (True, '14'), (False, '13'), (False, None)]
+
+
+# ----------------------------------------------------------------- gsm8k ----
+
+def test_gsm8k_counts_and_ids(gsm8k_problems):
+  assert len(gsm8k_problems['train']) == 7473
+  assert len(gsm8k_problems['test']) == 1319
+  for split, problems in gsm8k_problems.items():
+    assert [p.problem_id for p in problems] == [
+        f'gsm8k/{split}/{i}' for i in range(len(problems))]
+
+
+def test_gsm8k_solutions_are_reformatted(gsm8k_problems):
+  first = gsm8k_problems['train'][0]
+  assert first.answer == '72'
+  assert first.solution == (
+      'Natalia sold 48/2 = 24 clips in May.\n'
+      'Natalia sold 48+24 = 72 clips altogether in April and May.\n'
+      'The answer is 72.')
+  for problem in gsm8k_problems['train'] + gsm8k_problems['test']:
+    assert '<<' not in problem.solution and '####' not in problem.solution
+    assert problem.solution.split('\n')[-1] == (
+        f'The answer is {problem.answer}.')
+    assert re.fullmatch(r'-?\d+(\.\d+)?', problem.answer), problem
+
+
+def test_gsm8k_answers_are_canonical_numbers(gsm8k_problems):
+  # GSM8K writes some answers with thousands separators ('#### 1,200').
+  raw = sources.load_gsm8k(tasks.SHARED_DATA_DIR / 'gsm8k', 'train')
+  with_comma = [(r, p) for r, p in zip(raw, gsm8k_problems['train'])
+                if ',' in r.reference_answer]
+  assert with_comma
+  for reference, problem in with_comma:
+    assert problem.answer == reference.reference_answer.replace(',', '')
+
+
+def test_gsm8k_every_solution_verifies_and_a_perturbed_answer_fails(
+    gsm8k_problems):
+  task = tasks.get_task('gsm8k')
+  problems = gsm8k_problems['train'] + gsm8k_problems['test']
+  solutions = [p.solution for p in problems]
+  assert tasks.verify_all(task, solutions, problems, _prune_config()) == [
+      (True, p.answer) for p in problems]
+  perturbed = []
+  for problem in problems:
+    wrong = str(int(problem.answer) + 1)
+    perturbed.append(problem.solution.replace(
+        f'The answer is {problem.answer}.', f'The answer is {wrong}.'))
+  results = tasks.verify_all(task, perturbed, problems, _prune_config())
+  assert results == [(False, str(int(p.answer) + 1)) for p in problems]
+
+
+def test_gsm8k_verify_many_honours_last_number_fallback():
+  task = tasks.get_task('gsm8k')
+  problem = tasks.Problem('gsm8k/test/x', 'How many?', '72', None)
+  completion = 'She sold 48 + 24 = 72 clips.'
+  assert tasks.verify_all(task, [completion], [problem], _prune_config(
+      last_number_fallback=True)) == [(True, '72')]
+  assert tasks.verify_all(task, [completion], [problem], _prune_config(
+      last_number_fallback=False)) == [(False, None)]
+  assert task.verify(completion, problem) == (True, '72')  # The default.
+
+
+def test_gsm8k_ignores_made_up_questions_after_the_answer():
+  task = tasks.get_task('gsm8k')
+  problem = tasks.Problem('gsm8k/test/x', 'How many?', '72', None)
+  completion = ('48 + 24 = 72.\nThe answer is 72.\n\n'
+                'Question: How many eggs?\nAnswer:\nThe answer is 5.')
+  assert task.verify(completion, problem) == (True, '72')
+
+
+def test_gsm8k_prompts(gsm8k_problems):
+  task = tasks.get_task('gsm8k')
+  problem = gsm8k_problems['test'][0]
+  assert task.format_prompt(problem, 'zero_shot') == (
+      f'Question: {problem.question}\nAnswer:\n')
+  cot = task.format_prompt(problem, 'zero_shot_cot')
+  assert cot == (f'Question: {problem.question}\n{task.cot_instruction}\n'
+                 'Answer:\n')
+  assert 'The answer is N.' in task.cot_instruction
+  exemplars, _ = tasks.select_exemplars(gsm8k_problems['train'], 2)
+  assert task.format_prompt(problem, 'few_shot', exemplars) == (
+      f'Question: {exemplars[0].question}\nAnswer:\n{exemplars[0].solution}\n\n'
+      f'Question: {exemplars[1].question}\nAnswer:\n{exemplars[1].solution}\n\n'
+      f'Question: {problem.question}\nAnswer:\n')
+
+
+def test_gsm8k_exemplars_leave_the_train_split(gsm8k_problems):
+  task = tasks.get_task('gsm8k')
+  train = gsm8k_problems['train']
+  exemplars, remaining = tasks.select_exemplars(train, 4)
+  assert [p.problem_id for p in exemplars] == [
+      f'gsm8k/train/{i}' for i in range(4)]
+  assert len(remaining) == len(train) - 4
+  assert not {p.problem_id for p in exemplars} & {
+      p.problem_id for p in remaining}
+  with pytest.raises(ValueError, match='one of its own exemplars'):
+    task.format_prompt(exemplars[0], 'few_shot', exemplars)
+
+
+@pytest.mark.parametrize('answer, expected', [
+    ('72', '72'), ('072', '72'), ('1,200', '1200'), ('$18.00', '18'),
+    ('0.50', '0.5'), ('-3', '-3'), ('3/4', '0.75'),
+])
+def test_gsm8k_normalize_answer(answer, expected):
+  assert tasks.get_task('gsm8k').normalize_answer(answer) == expected
+
+
+def test_normalize_answer_refuses_non_answers_naming_them():
+  with pytest.raises(ValueError, match="answer='five'"):
+    tasks.get_task('gsm8k').normalize_answer('five')
+  with pytest.raises(ValueError, match="answer='1.5'"):
+    tasks.get_task('demo').normalize_answer('1.5')
+  assert tasks.get_task('demo').normalize_answer('014') == '14'
+
+
+def test_gsm8k_missing_path_names_the_field(tmp_path, monkeypatch):
+  task = tasks.get_task('gsm8k')
+  missing = str(tmp_path / 'nowhere')
+  with pytest.raises(config_lib.ConfigError,
+                     match=re.escape(f'config.task.gsm8k_path={missing!r}')):
+    task.load_problems('train', _config('gsm8k', gsm8k_path=missing))
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.task\.gsm8k_path=.*without test\.jsonl'):
+    task.load_problems('test', _config('gsm8k', gsm8k_path=str(tmp_path)))
+  monkeypatch.setattr(tasks, 'SHARED_DATA_DIR', tmp_path / 'no_shared')
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.task\.gsm8k_path is not set'):
+    task.load_problems('train', _config('gsm8k'))
+
+
+def test_gsm8k_bad_split_is_named():
+  with pytest.raises(ValueError, match="split='prompt'"):
+    tasks.get_task('gsm8k').load_problems('prompt', _config('gsm8k'))
+
+
+def test_gsm8k_reads_a_file_and_respects_on_malformed_line(tmp_path):
+  task = tasks.get_task('gsm8k')
+  path = tmp_path / 'mine.jsonl'
+  good = {'question': 'How many?', 'answer': 'One <<1+1=2>>2 more.\n#### 2'}
+  path.write_text(json.dumps(good) + '\n{"question": "broken"\n')
+  with pytest.raises(sources.MalformedInputError, match='mine.jsonl:2'):
+    task.load_problems('train', _config('gsm8k', gsm8k_path=str(path)))
+  config = _config('gsm8k', gsm8k_path=str(path))
+  config.sources.on_malformed_line = 'skip'
+  expected = [tasks.Problem('gsm8k/train/0', 'How many?', '2',
+                            'One 2 more.\nThe answer is 2.')]
+  assert task.load_problems('train', config) == expected
+  # A final answer that is not a number is malformed too.
+  not_a_number = {'question': 'Who?', 'answer': 'Ann.\n#### Ann'}
+  path.write_text(json.dumps(good) + '\n' + json.dumps(not_a_number) + '\n')
+  with pytest.raises(sources.MalformedInputError, match='gsm8k/train/1'):
+    task.load_problems('train', _config('gsm8k', gsm8k_path=str(path)))
+  assert task.load_problems('train', config) == expected
+
+
+@pytest.mark.parametrize('spec, data_dir', [
+    ('tfds', None), ('tfds:/data/tfds', '/data/tfds')])
+def test_gsm8k_tfds_spec_goes_to_the_tfds_loader(spec, data_dir, monkeypatch):
+  calls = []
+  def fake_load(path_or_tfds, split, *, on_error, tfds_data_dir=None):
+    calls.append((path_or_tfds, split, on_error, tfds_data_dir))
+    return [sources.Problem('gsm8k/test/0', 'Q?', '5', 'So 5.\n#### 5')]
+  monkeypatch.setattr(sources, 'load_gsm8k', fake_load)
+  problems = tasks.get_task('gsm8k').load_problems(
+      'test', _config('gsm8k', gsm8k_path=spec))
+  assert calls == [('tfds', 'test', 'raise', data_dir)]
+  assert problems[0].solution == 'So 5.\nThe answer is 5.'
+
+
+# ------------------------------------------------------------------ mbpp ----
+
+def test_mbpp_split_sizes_and_ids(mbpp_problems):
+  assert len(mbpp_problems['train']) == 374
+  assert len(mbpp_problems['test']) == 500
+  assert len(mbpp_problems['prompt']) == 10
+  for split, (low, high) in (('train', (601, 974)), ('test', (11, 510)),
+                             ('prompt', (1, 10))):
+    assert [p.problem_id for p in mbpp_problems[split]] == [
+        f'mbpp/{i}' for i in range(low, high + 1)]
+
+
+def test_mbpp_problems_carry_code_and_tests(mbpp_problems):
+  for problem in mbpp_problems['train'] + mbpp_problems['test']:
+    assert problem.answer == problem.solution
+    assert '\r' not in problem.solution
+    assert problem.test_list and all(
+        t.startswith('assert') for t in problem.test_list)
+
+
+def test_mbpp_bad_split_is_named():
+  with pytest.raises(ValueError, match="split='validation'"):
+    tasks.get_task('mbpp').load_problems('validation', _config('mbpp'))
+
+
+def test_mbpp_prompt_shows_exactly_the_first_test(mbpp_problems):
+  task = tasks.get_task('mbpp')
+  for problem in mbpp_problems['test'][:20]:
+    prompt = task.format_prompt(problem, 'zero_shot')
+    assert prompt == (
+        'Question: You are an expert Python programmer, and here is your '
+        f'task: {problem.question} Your code should pass this test:\n\n'
+        f'{problem.test_list[0]}\nAnswer:\n')
+    for test in problem.test_list[1:]:
+      assert test not in prompt
+
+
+def test_mbpp_few_shot_prompt_shows_exemplar_code(mbpp_problems):
+  task = tasks.get_task('mbpp')
+  exemplars = mbpp_problems['prompt'][:2]
+  problem = mbpp_problems['test'][0]
+  prompt = task.format_prompt(problem, 'few_shot', exemplars)
+  shots = prompt.split('\n\nQuestion: ')
+  assert len(shots) == 3
+  for shot, exemplar in zip(shots, exemplars):
+    assert shot.endswith(f'{exemplar.test_list[0]}\nAnswer:\n'
+                         f'{exemplar.solution}')
+  assert prompt.endswith(task.format_prompt(problem, 'zero_shot'))
+  with pytest.raises(ValueError, match='one of its own exemplars'):
+    task.format_prompt(exemplars[0], 'few_shot', exemplars)
+
+
+def _wrong_program(problem):
+  """Defines the tested function to return None."""
+  name = re.match(r'assert\s+(?:not\s+)?\(?\s*([A-Za-z_]\w*)\s*\(',
+                  problem.test_list[0]).group(1)
+  return f'def {name}(*args, **kwargs):\n  return None\n'
+
+
+def test_mbpp_verify_runs_all_tests_in_the_sandbox(mbpp_problems):
+  task = tasks.get_task('mbpp')
+  references = mbpp_problems['test'][:3] + mbpp_problems['train'][:2]
+  add = tasks.Problem('mbpp/add', 'Add two numbers.', '', '',
+                      test_list=('assert add(1, 2) == 3',
+                                 'assert add(2, 2) == 4'))
+  setup = tasks.Problem('mbpp/setup', 'Return K.', '', '',
+                        test_list=('assert get() == K',),
+                        test_setup_code='K = 5')
+  cases = [(p.solution, p, (True, 'passed')) for p in references]
+  cases += [(_wrong_program(p), p, (False, 'failed')) for p in references[:2]]
+  cases += [
+      # Passes the first test only, the one the prompt shows.
+      ('def add(a, b):\n  return 3\n', add, (False, 'failed')),
+      ('Sure:\n```python\ndef add(a, b):\n  return a + b\n```\nDone.', add,
+       (True, 'passed')),
+      ('def add(a, b):\n  return a + b\n\nQuestion: Write a\nAnswer:\n', add,
+       (True, 'passed')),
+      ('def get():\n  return 5\n', setup, (True, 'passed')),
+  ]
+  results = tasks.verify_all(task, [c[0] for c in cases],
+                             [c[1] for c in cases], _prune_config())
+  assert results == [c[2] for c in cases]
+
+
+def test_mbpp_normalize_answer_is_the_identity():
+  assert tasks.get_task('mbpp').normalize_answer('passed') == 'passed'
+
+
+def test_mbpp_paths(tmp_path, mbpp_problems):
+  task = tasks.get_task('mbpp')
+  file = tasks.SHARED_DATA_DIR / 'mbpp' / 'mbpp.jsonl'
+  assert task.load_problems('test', _config('mbpp', mbpp_path=str(file))) == (
+      mbpp_problems['test'])
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'config\.task\.mbpp_path=.*without mbpp\.jsonl'):
+    task.load_problems('test', _config('mbpp', mbpp_path=str(tmp_path)))
+  missing = str(tmp_path / 'nowhere.jsonl')
+  with pytest.raises(config_lib.ConfigError,
+                     match=re.escape(f'config.task.mbpp_path={missing!r}')):
+    task.load_problems('test', _config('mbpp', mbpp_path=missing))

@@ -1,0 +1,165 @@
+"""GSM8K: grade-school math word problems with a numeric final answer.
+
+Problems come from `sources.load_gsm8k` (7473 train, 1319 test), read from
+`config.task.gsm8k_path`: a directory holding `train.jsonl` and `test.jsonl`,
+one JSONL file, 'tfds' (TFDS's prepared `gsm8k`) or 'tfds:<data_dir>'. Unset,
+it defaults to `../shared/data/gsm8k` beside the repo.
+
+The worked solution (`Problem.solution`, shown in few-shot prompts and usable
+as a training target) is GSM8K's with the `<<48/2=24>>` calculator annotations
+removed and the final `#### N` line replaced by `The answer is N.`, so the
+model learns one plain answer format; `Problem.answer` is N in canonical form
+('1,200' -> '1200').
+
+The verifier is `verify.verify_gsm8k` on the completion up to any next
+'Question:' (text a sampler without a stop string makes up): it reads
+`The answer is N` (and `#### N`, `\\boxed{N}`, `Answer: N`), falling back to
+the last number when `config.prune.math.last_number_fallback`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import fractions
+import re
+from typing import Sequence
+
+import ml_collections
+
+from tpt_jax import config as config_lib
+from tpt_jax import prune
+from tpt_jax import sources
+from tpt_jax import tasks
+from tpt_jax.verify import math_answers
+
+NAME = 'gsm8k'
+_TFDS = 'tfds'
+_CALCULATOR_ANNOTATION = re.compile(r'<<[^<>\n]*>>')
+# `verify` without a config uses config.prune's default.
+_DEFAULT_LAST_NUMBER_FALLBACK = bool(
+    prune.default_config().math.last_number_fallback)
+
+
+def _canonical_number(text: str) -> str | None:
+  value: fractions.Fraction | None = math_answers.parse_number(text)
+  return None if value is None else math_answers.canonical(value)
+
+
+def reformat_solution(solution: str, answer: str) -> str:
+  """GSM8K's worked solution, without annotations, ending 'The answer is N.'
+
+  Args:
+    solution: GSM8K's answer text, ending in a '#### N' line.
+    answer: N in canonical form.
+  """
+  marker = solution.rfind('####')
+  if marker < 0:
+    raise ValueError(
+        f"solution={solution[-80:]!r} has no '#### <final answer>' line.")
+  steps = _CALCULATOR_ANNOTATION.sub('', solution[:marker]).rstrip()
+  final = f'The answer is {answer}.'
+  return f'{steps}\n{final}' if steps else final
+
+
+def _to_problem(problem: sources.Problem) -> tasks.Problem:
+  answer = _canonical_number(problem.reference_answer)
+  if answer is None:
+    raise sources.MalformedInputError(
+        f'{problem.problem_id}: final answer {problem.reference_answer!r} is '
+        'not a number.')
+  return tasks.Problem(
+      problem_id=problem.problem_id,
+      question=problem.question,
+      answer=answer,
+      solution=reformat_solution(problem.reference_solution, answer))
+
+
+def _convert(problems: Sequence[sources.Problem],
+             on_error: str) -> list[tasks.Problem]:
+  """`_to_problem` of each; a bad one is raised or skipped as `on_error` says.
+  """
+  converted = []
+  for problem in problems:
+    try:
+      converted.append(_to_problem(problem))
+    except sources.MalformedInputError as e:
+      if on_error != 'skip':
+        raise
+      logging.warning('Skipped a malformed GSM8K problem: %s', e)
+  return converted
+
+
+def _load(split: str, config: ml_collections.ConfigDict
+          ) -> list[sources.Problem]:
+  """sources.load_gsm8k on what `config.task.gsm8k_path` names."""
+  spec = config.get('gsm8k_path')
+  on_error = tasks.on_malformed_line(config)
+  if spec is not None and (spec == _TFDS or spec.startswith(_TFDS + ':')):
+    data_dir = spec[len(_TFDS) + 1:] or None
+    return sources.load_gsm8k(_TFDS, split, on_error=on_error,
+                              tfds_data_dir=data_dir)
+  path = tasks.data_path(config, 'gsm8k_path', NAME)
+  if path.is_dir() and not (path / f'{split}.jsonl').is_file():
+    raise config_lib.ConfigError(
+        f'config.task.gsm8k_path={str(path)!r} is a directory without '
+        f'{split}.jsonl.')
+  return sources.load_gsm8k(path, split, on_error=on_error)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gsm8kTask:
+  """The GSM8K task (see the module docstring)."""
+  name: str = NAME
+  majority_vote: bool = True
+  cot_instruction: str = (
+      "Let's think step by step, and end with \"The answer is N.\"")
+
+  def load_problems(self, split: str,
+                    config: ml_collections.ConfigDict) -> list[tasks.Problem]:
+    """The GSM8K `split` in file order (ids 'gsm8k/{split}/{index}')."""
+    if split not in tasks.SPLITS:
+      raise ValueError(
+          f'split={split!r} is not one of {", ".join(tasks.SPLITS)}.')
+    return _convert(_load(split, config), tasks.on_malformed_line(config))
+
+  def verify(self, completion: str,
+             problem: tasks.Problem) -> tuple[bool, str | None]:
+    """(final answer == problem.answer exactly, canonical final answer)."""
+    return self._verify(completion, problem,
+                        last_number_fallback=_DEFAULT_LAST_NUMBER_FALLBACK)
+
+  def verify_many(self, completions: Sequence[str],
+                  problems: Sequence[tasks.Problem],
+                  prune_config: ml_collections.ConfigDict
+                  ) -> list[tuple[bool, str | None]]:
+    """`verify` of each pair, honouring `prune_config.math`."""
+    fallback = bool(prune_config.math.last_number_fallback)
+    return [self._verify(completion, problem, last_number_fallback=fallback)
+            for completion, problem in zip(completions, problems, strict=True)]
+
+  def _verify(self, completion: str, problem: tasks.Problem, *,
+              last_number_fallback: bool) -> tuple[bool, str | None]:
+    if not isinstance(completion, str):
+      return False, None
+    verdict = math_answers.verify_gsm8k(
+        tasks.cut_at_next_question(completion), problem.answer,
+        last_number_fallback=last_number_fallback)
+    return verdict.correct, verdict.extracted
+
+  def format_prompt(self, problem: tasks.Problem, style: str,
+                    exemplars: Sequence[tasks.Problem] = ()) -> str:
+    return tasks.render_prompt(problem, style, exemplars,
+                               cot_instruction=self.cot_instruction)
+
+  def normalize_answer(self, answer: str) -> str:
+    """The canonical number `answer` states ('$1,200.00' -> '1200'), for maj@k.
+    """
+    canonical = (_canonical_number(answer) if isinstance(answer, str)
+                 else None)
+    if canonical is None:
+      raise ValueError(f'answer={answer!r} is not a number.')
+    return canonical
+
+
+TASK = Gsm8kTask()
