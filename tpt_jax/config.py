@@ -89,6 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # --- stage sections: each stage module owns its defaults ------------------
   # (imported here, not at the top, so stage modules may use ConfigError.)
+  from tpt_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from tpt_jax import loop  # pylint: disable=g-import-not-at-top
   from tpt_jax import prune  # pylint: disable=g-import-not-at-top
   from tpt_jax import sampling  # pylint: disable=g-import-not-at-top
   from tpt_jax import sources  # pylint: disable=g-import-not-at-top
@@ -99,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.sampling = sampling.default_config()
   config.prune = prune.default_config()
   config.train = train.default_config()
+  config.eval = evaluate.default_config()
+  config.loop = loop.default_config()
 
   return config
 
@@ -134,9 +138,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'config.mesh.shape={shape}: sizes must be positive, with at most one '
         '-1 to take the remaining devices.')
   _check_choice(config, 'mesh.distributed', ('auto', 'on', 'off'))
+  from tpt_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from tpt_jax import loop  # pylint: disable=g-import-not-at-top
   from tpt_jax import prune  # pylint: disable=g-import-not-at-top
   from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
   tasks.validate_config(config.task)
+  loop.validate_config(config)
   try:
     prune.parse_strategies(config.prune.strategies)
   except ValueError as e:

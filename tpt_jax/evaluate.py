@@ -24,10 +24,45 @@ import os
 import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
+import ml_collections
 import numpy as np
 
 Normalizer = Callable[[str], 'str | None']
 AnswerEqual = Callable[[str, str], bool]
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.eval`: what each round's evaluation samples."""
+  c = ml_collections.ConfigDict()
+  # Greedy completions give Pass@1; this cap on their length (0: the Think
+  # stage's config.sampling.max_new_tokens).
+  c.max_new_tokens = 0
+  # Temperature samples per test problem for pass@k and maj@k (0: greedy
+  # Pass@1 only), at this temperature.
+  c.num_samples = 0
+  c.temperature = 0.7
+  # The k of pass@k and maj@k; each at most num_samples.
+  c.ks = (1, 4)
+  return c
+
+
+def validate_config(eval_config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first `config.eval` field not allowed."""
+  if eval_config.num_samples < 0:
+    raise ValueError(f'config.eval.num_samples={eval_config.num_samples} must '
+                     'not be negative.')
+  if eval_config.max_new_tokens < 0:
+    raise ValueError(f'config.eval.max_new_tokens={eval_config.max_new_tokens}'
+                     ' must not be negative.')
+  if eval_config.num_samples:
+    if not eval_config.temperature > 0:
+      raise ValueError(f'config.eval.temperature={eval_config.temperature} '
+                       'must be > 0 for sampled pass@k / maj@k.')
+    for k in eval_config.ks:
+      if not 1 <= k <= eval_config.num_samples:
+        raise ValueError(
+            f'config.eval.ks={tuple(eval_config.ks)}: k={k} must be between 1 '
+            f'and config.eval.num_samples={eval_config.num_samples}.')
 
 
 def _identity(answer: str) -> str:

@@ -4,8 +4,8 @@ r"""The tpt_jax program: `python -m tpt_jax.main --config=configs/x.py`.
       --config.checkpoint.path=/ckpts/gemma2-9b --workdir=/tmp/tpt
 
 Parses and validates the config (an unknown field or a value of the wrong
-type is refused by name), prints the resolved config, sets up the mesh and
-loads the model, then runs the job.
+type is refused by name), prints the resolved config, then runs (or resumes)
+the Think -> Prune -> Train -> Evaluate rounds in --workdir (`tpt_jax.loop`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -60,25 +59,21 @@ def resolve_config(config, workdir: str | None):
 
 
 def run(config) -> None:
-  """Sets up devices and the model, then runs the job the config names."""
-  # Imports are here so that `--dry_run` and config errors come back fast.
-  import jax  # pylint: disable=g-import-not-at-top
-  from tpt_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from tpt_jax import models  # pylint: disable=g-import-not-at-top
-  from tpt_jax import sharding  # pylint: disable=g-import-not-at-top
-
-  sharding.maybe_initialize_distributed(config.mesh)
-  mesh = sharding.make_mesh(config.mesh)
-  logging.info('Mesh %s over %d %s devices.', dict(mesh.shape),
-               jax.device_count(), jax.default_backend())
-  start = time.time()
-  model, params = checkpoints.model_and_params(config, mesh)
-  print(f'Model: {models.count_params(params) / 1e6:.2f}M params '
-        f'({config.model.param_dtype}), loaded in {time.time() - start:.1f}s '
-        f'on mesh {dict(mesh.shape)}.', flush=True)
+  """Runs the TPT loop the config describes (resuming its workdir)."""
+  from tpt_jax import loop  # pylint: disable=g-import-not-at-top
+  try:
+    loop.run(config)
+  except config_lib.ConfigError as e:
+    print(f'Invalid config: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
+  if not flags.FLAGS['verbosity'].present:
+    # orbax and tfds log every file they write at INFO; progress bars and
+    # printed round results say what a user needs. --verbosity=0 brings the
+    # logs back.
+    logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None:

@@ -25,6 +25,8 @@ AttentionType = gm.nn.AttentionType
 
 # Vocabulary of the toy variants when the config does not give one.
 DEFAULT_TOY_VOCAB_SIZE = 512
+# Variants small enough to train from scratch (tests, the CPU demo).
+TOY_VARIANTS = ('gemma2_tiny', 'gemma2_demo')
 
 
 def _library_config(variant: str) -> TransformerConfig:

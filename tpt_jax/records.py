@@ -28,7 +28,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, Callable
 import uuid
 
 import numpy as np
@@ -140,7 +140,9 @@ def write_round(traces: Sequence[prune.Trace],
                 checkpoint_id: str | None = None,
                 sampler_settings: str | Mapping[str, Any] | None = None,
                 split: str = DEFAULT_SPLIT,
-                overwrite: bool = False) -> pathlib.Path:
+                overwrite: bool = False,
+                before_commit: Callable[[], None] | None = None
+                ) -> pathlib.Path:
   """Writes `traces` as a TFDS dataset at `directory`, atomically.
 
   Args:
@@ -153,6 +155,9 @@ def write_round(traces: Sequence[prune.Trace],
     split: the split name.
     overwrite: replace a dataset already at `directory`; otherwise that is an
       error.
+    before_commit: called once the dataset is fully written in its staging
+      directory, just before it is moved to `directory` (progress and
+      fault-injection hooks).
 
   Returns:
     The directory, for `tfds.builder_from_directory`.
@@ -188,6 +193,8 @@ def write_round(traces: Sequence[prune.Trace],
     builder.download_and_prepare(file_format='tfrecord')
     _add_array_record_copy(builder)
     written = pathlib.Path(builder.data_dir)
+    if before_commit is not None:
+      before_commit()
     if target.exists():
       previous = target.parent / f'.{target.name}.old-{uuid.uuid4().hex}'
       os.rename(target, previous)

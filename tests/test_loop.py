@@ -1,0 +1,194 @@
+"""The TPT loop: outputs of every round, resume after SIGKILL, config checks.
+
+The runs are subprocesses of `python -m tpt_jax.main` (as a user runs it) on
+a tiny config; the killed runs use the loop's fault-injection points, which
+SIGKILL the process. They share a persistent compilation cache so that the
+reruns do not recompile.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tpt_jax import config as config_lib
+from tpt_jax import loop
+from tpt_jax import records
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+_TINY_CONFIG = '''
+from tpt_jax import config as config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.model.variant = 'gemma2_tiny'
+  c.model.param_dtype = 'float32'
+  c.model.compute_dtype = 'float32'
+  c.mesh.shape = (1, 2, 1)
+  c.task.num_train_problems = 12
+  c.task.num_test_problems = 6
+  c.sampling.num_samples_per_problem = 2
+  c.sampling.max_new_tokens = 16
+  c.sampling.batch_size = 8
+  c.sampling.temperature = 1.0
+  c.sampling.show_progress = False
+  c.loop.num_rounds = 2
+  c.loop.problems_per_shard = 4
+  c.loop.warmup.num_examples = 16
+  c.eval.num_samples = 2
+  c.eval.ks = (1, 2)
+  c.prune.strategies = 'none'
+  c.train.batch_size = 4
+  c.train.max_seq_len = 128
+  c.train.num_steps = 3
+  c.train.warmup_steps = 1
+  c.train.learning_rate = 1e-3
+  c.train.log_every = 1
+  c.train.checkpoint_every = 1
+  c.train.progress_bar = False
+  return c
+'''
+
+
+@pytest.fixture(scope='module')
+def config_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('configs') / 'tiny_loop.py'
+  path.write_text(_TINY_CONFIG)
+  return path
+
+
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+def _run(config_file, workdir, compile_cache, *, crash_at=None, extra=()):
+  env = {
+      'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
+      'PYTHONPATH': str(_REPO),
+      'JAX_PLATFORMS': 'cpu',
+      'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+      'TF_CPP_MIN_LOG_LEVEL': '3',
+      'JAX_COMPILATION_CACHE_DIR': str(compile_cache),
+      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+  }
+  if crash_at:
+    env[loop.CRASH_ENV] = crash_at
+  return subprocess.run(
+      [sys.executable, '-m', 'tpt_jax.main', f'--config={config_file}',
+       f'--workdir={workdir}', *extra],
+      cwd=_REPO, env=env, capture_output=True, text=True, check=False,
+      timeout=900)
+
+
+def _outputs(workdir):
+  """What must not depend on crashes: summary, datasets, traces, evals."""
+  workdir = pathlib.Path(workdir)
+  summary = json.loads((workdir / 'summary.json').read_text())
+  datasets = {
+      r: records.read_round(workdir / f'round_{r}' / 'dataset')
+      for r in (1, 2)}
+  shards = {str(p.relative_to(workdir)): json.loads(p.read_text())
+            for p in sorted(workdir.glob('round_*/*/shard_*.json'))}
+  shards.update({str(p.relative_to(workdir)): json.loads(p.read_text())
+                 for p in sorted(workdir.glob('round_*/eval/*/shard_*.json'))})
+  return summary, datasets, shards
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(config_file, compile_cache, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  result = _run(config_file, workdir, compile_cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_a_run_writes_every_rounds_outputs_and_a_valid_summary(uninterrupted):
+  workdir, result = uninterrupted
+  for round_index in (0, 1, 2):
+    eval_report = json.loads(
+        (workdir / f'round_{round_index}' / 'eval.json').read_text())
+    assert eval_report['round'] == round_index
+    for name in ('pass@1', 'pass@2', 'maj@2'):
+      assert 0.0 <= eval_report['metrics'][name] <= 1.0
+  assert (workdir / 'round_0' / 'warmup' / 'final_params').is_dir()
+  for round_index in (1, 2):
+    round_dir = workdir / f'round_{round_index}'
+    assert records.is_round_dataset(round_dir / 'dataset')
+    # Pruning is 'none': every trace is kept.
+    assert len(records.read_round(round_dir / 'dataset')) == 12 * 2
+    assert (round_dir / 'train' / 'final_params').is_dir()
+    assert (round_dir / 'train' / 'checkpoints').is_dir()
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert [r['round'] for r in summary['rounds']] == [0, 1, 2]
+  for entry in summary['rounds']:
+    assert 0.0 <= entry['metrics']['pass@1'] <= 1.0
+  assert (workdir / 'summary.png').stat().st_size > 1000
+  assert 'round' in result.stdout and 'pass@1' in result.stdout
+
+
+def test_killed_at_every_stage_then_rerun_gives_identical_outputs(
+    uninterrupted, config_file, compile_cache, tmp_path):
+  reference_dir, _ = uninterrupted
+  workdir = tmp_path / 'killed'
+  crash_points = ['think:1:1', 'records:1', 'train:1:2', 'eval:1:0',
+                  'think:2:0', 'train:2:1']
+  for point in crash_points:
+    result = _run(config_file, workdir, compile_cache, crash_at=point)
+    assert result.returncode == -9, (point, result.stderr[-3000:])
+    assert f'killing the process at {point}' in result.stdout
+  result = _run(config_file, workdir, compile_cache)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert _outputs(workdir) == _outputs(reference_dir)
+
+
+def test_a_changed_config_of_a_started_workdir_is_refused(
+    uninterrupted, config_file, compile_cache):
+  workdir, _ = uninterrupted
+  before = (workdir / 'summary.json').read_text()
+  result = _run(config_file, workdir, compile_cache,
+                extra=['--config.sampling.temperature=0.5'])
+  assert result.returncode == 2
+  assert 'config.sampling.temperature: 1.0 in the workdir, 0.5 now' in (
+      result.stderr)
+  assert (workdir / 'summary.json').read_text() == before
+
+
+def test_config_differences_ignore_progress_fields_only():
+  saved = {'sampling': {'temperature': 1.0, 'show_progress': True},
+           'workdir': '/a', 'loop': {'num_rounds': 3}}
+  now = {'sampling': {'temperature': 1.0, 'show_progress': False},
+         'workdir': '/b', 'loop': {'num_rounds': 5}}
+  assert loop.config_differences(saved, now) == []
+  now['sampling']['temperature'] = 0.7
+  now['extra'] = 1
+  assert loop.config_differences(saved, now) == [
+      "config.extra: '<absent>' in the workdir, 1 now",
+      'config.sampling.temperature: 1.0 in the workdir, 0.7 now']
+
+
+def test_derived_seeds_differ_by_round_and_stage_and_are_stable():
+  seeds = {loop.derived_seed(0, r, s) for r in range(4) for s in range(4)}
+  assert len(seeds) == 16
+  assert loop.derived_seed(3, 2, 1) == loop.derived_seed(3, 2, 1)
+  assert all(0 <= s < 2**31 for s in seeds)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('loop.policy', 'sideways', 'config.loop.policy'),
+    ('loop.num_rounds', -1, 'config.loop.num_rounds'),
+    ('eval.ks', (1, 8), 'config.eval.ks'),
+])
+def test_bad_loop_config_is_named(field, value, message):
+  config = config_lib.base_config()
+  config.eval.num_samples = 4
+  section, name = field.split('.')
+  config[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.validate(config)
