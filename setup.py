@@ -38,6 +38,10 @@ setuptools.setup(
             # 2.13.0 is the CPU build this project's machines carry.
             'torch==2.13.0',
             'transformers',
+            # Executes notebooks/ headless, as CI does.
+            'nbclient',
+            'nbformat',
+            'ipykernel',
         ],
     },
 )

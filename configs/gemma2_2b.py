@@ -9,6 +9,12 @@ Run (TPU v5e-8 / v4-8, or one 80 GB GPU):
 `checkpoint.path` takes the official orbax checkpoint (e.g. `gemma2-2b`
 from Kaggle) or a Hugging Face directory (`google/gemma-2-2b`).
 
+Recipe (`config_lib.set_gsm8k_tpt`): GSM8K read from
+`--config.task.gsm8k_path` (a directory with train.jsonl/test.jsonl, or
+'tfds'; default ../shared/data/gsm8k), 4-shot prompts, 4 samples per problem
+at temperature 0.8, keep the correct ones, 3 recursive rounds of full
+fine-tuning; greedy Pass@1, pass@4 and maj@4 on the test split each round.
+
 Measured: not yet run end to end by us; the TPT paper reports GSM8K Pass@1
 going from 41.9% to 57.6% for Gemma2-2B.
 """
@@ -19,4 +25,5 @@ from tpt_jax import config as config_lib
 def get_config():
   config = config_lib.base_config()
   config.model.variant = 'gemma2_2b'
+  config_lib.set_gsm8k_tpt(config)
   return config

@@ -192,3 +192,41 @@ def test_bad_loop_config_is_named(field, value, message):
   config[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('task_name', ['gsm8k', 'mbpp'])
+def test_real_tasks_run_through_the_loop(task_name, tmp_path):
+  """GSM8K and MBPP (shared data, sandboxed code verifier) through one round
+  of a tiny model: plumbing, not learning."""
+  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
+  from tpt_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.task.name = task_name
+  problems = tasks.get_task(task_name).load_problems('train', config.task)
+  tokenizer_path = tmp_path / 'tokenizer.model'
+  tokenizer_lib.train_sentencepiece(
+      [p.question + '\n' + (p.solution or '') for p in problems[:300]],
+      tokenizer_path, vocab_size=512)
+  config.tokenizer.path = str(tokenizer_path)
+  config.model.variant = 'gemma2_tiny'
+  config.model.param_dtype = config.model.compute_dtype = 'float32'
+  config.sampling.num_samples_per_problem = 2
+  config.sampling.max_new_tokens = 8
+  config.sampling.batch_size = 16
+  config.sampling.show_progress = False
+  config.loop.num_rounds = 1
+  config.loop.max_train_problems = 4
+  config.loop.max_test_problems = 4
+  config.prune.strategies = 'none'
+  config.train.batch_size = 8
+  config.train.max_seq_len = 512
+  config.train.num_steps = 1
+  config.train.progress_bar = False
+  config_lib.validate(config)
+  summary = loop.run(config, workdir=tmp_path / 'run')
+  assert [entry['round'] for entry in summary['rounds']] == [0, 1]
+  kept = records.read_round(tmp_path / 'run' / 'round_1' / 'dataset')
+  assert len(kept) == 4 * 2
+  train_ids = {p.problem_id for p in problems[:4]}
+  assert {r['problem_id'] for r in kept} == train_ids
+  assert all(r['prompt'].startswith('Question: ') for r in kept)

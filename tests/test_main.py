@@ -87,7 +87,10 @@ def test_stage_fields_are_validated():
 def test_tiny_config_runs_on_cpu(tmp_path):
   result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}')
   assert result.returncode == 0, result.stderr
-  assert 'Model: 0.18M params (float32)' in result.stdout
+  assert 'Model: 0.18M params' in result.stdout
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert [entry['round'] for entry in summary['rounds']] == [0, 1]
+  assert 'pass@1' in result.stdout
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -151,21 +151,24 @@ def derived_seed(seed: int, round_index: int, stage: int) -> int:
       [seed, round_index, stage]).generate_state(1)[0] >> 1)
 
 
-def _is_writer() -> bool:
+def is_writer() -> bool:
+  """Whether this process writes the run's files (process 0)."""
   return jax.process_index() == 0
 
 
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-  if _is_writer():
+def write_json(path: pathlib.Path, obj: Any) -> None:
+  """Writes `obj` as JSON atomically (process 0 only)."""
+  if is_writer():
     path.parent.mkdir(parents=True, exist_ok=True)
     evaluate.write_json_atomic(path, obj)
 
 
-def _read_json(path: pathlib.Path) -> Any:
+def read_json(path: pathlib.Path) -> Any:
+  """The JSON value in `path`."""
   return json.loads(path.read_text())
 
 
-def _maybe_crash(point: str) -> None:
+def maybe_crash(point: str) -> None:
   """SIGKILLs this process at `point` if CRASH_ENV names it (tests only)."""
   if point in os.environ.get(CRASH_ENV, '').split(','):
     print(f'{CRASH_ENV}: killing the process at {point}.', flush=True)
@@ -210,13 +213,13 @@ def check_or_save_config(workdir: pathlib.Path,
   path = workdir / CONFIG_FILE
   current = _config_as_json(config)
   if path.exists():
-    differences = config_differences(_read_json(path), current)
+    differences = config_differences(read_json(path), current)
     if differences:
       raise config_lib.ConfigError(
           f'{workdir} holds a run started with another config; rerun with '
           'the same config to resume, or use a new --workdir. Differences:\n  '
           + '\n  '.join(differences))
-  _write_json(path, current)
+  write_json(path, current)
 
 
 # ----------------------------------------------------------------------------
@@ -356,7 +359,7 @@ def sample_and_verify(ctx: Context, params: models.Params,
   per_shard = problems_per_shard(ctx.config, settings.num_samples_per_problem)
   slices = [list(problems[start:start + per_shard])
             for start in range(0, len(problems), per_shard)]
-  show_progress = bool(ctx.config.sampling.show_progress) and _is_writer()
+  show_progress = bool(ctx.config.sampling.show_progress) and is_writer()
   bar = tqdm.tqdm(total=len(problems), desc=description, unit='problem',
                   file=sys.stderr, disable=not show_progress)
   all_records: list[dict[str, Any]] = []
@@ -366,7 +369,7 @@ def sample_and_verify(ctx: Context, params: models.Params,
   for index, shard_problems in enumerate(slices):
     path = _shard_path(directory, index)
     if path.exists():
-      shard_records = _read_json(path)['records']
+      shard_records = read_json(path)['records']
     else:
       sampler = sampler or ctx.sampler_for(params)
       results = sampler.sample_all(
@@ -391,8 +394,8 @@ def sample_and_verify(ctx: Context, params: models.Params,
             'correct': bool(correct),
             'extracted_answer': extracted,
         })
-      _write_json(path, {'records': shard_records})
-      _maybe_crash(f'{crash_prefix}:{index}')
+      write_json(path, {'records': shard_records})
+      maybe_crash(f'{crash_prefix}:{index}')
     all_records.extend(shard_records)
     bar.update(len(shard_problems))
     elapsed = time.perf_counter() - start_time
@@ -466,8 +469,8 @@ def prune_and_write(ctx: Context, round_index: int,
   report_path = round_dir / 'prune.json'
   if report_path.exists() and (
       records.is_round_dataset(dataset_dir) or
-      _read_json(report_path)['num_kept'] == 0):
-    return _read_json(report_path)
+      read_json(report_path)['num_kept'] == 0):
+    return read_json(report_path)
   traces = _traces(ctx, round_index, think_records)
   result = prune.build_pipeline(ctx.config.prune)(traces)
   kept = result.kept
@@ -493,12 +496,12 @@ def prune_and_write(ctx: Context, round_index: int,
   # them.
   for stale in round_dir.glob('.dataset.tmp-*'):
     shutil.rmtree(stale, ignore_errors=True)
-  if kept and _is_writer():
+  if kept and is_writer():
     records.write_round(
         kept, dataset_dir, round_index=round_index,
         checkpoint_id=f'round_{round_index - 1}', overwrite=True,
-        before_commit=lambda: _maybe_crash(f'records:{round_index}'))
-  _write_json(report_path, report)
+        before_commit=lambda: maybe_crash(f'records:{round_index}'))
+  write_json(report_path, report)
   return report
 
 
@@ -524,14 +527,14 @@ def fine_tune(ctx: Context, directory: pathlib.Path,
 
   def on_step(step: int, metrics: dict[str, float]) -> None:
     del metrics
-    _maybe_crash(f'{crash_prefix}:{step}')
+    maybe_crash(f'{crash_prefix}:{step}')
 
   result = train_lib.train(
       _train_config(ctx.config, seed, **train_overrides), sources,
       tokenizer=ctx.tokenizer, workdir=directory, init_params=init_params,
       mesh=ctx.mesh, step_callback=on_step)
   final_metrics = result.history[-1][1] if result.history else {}
-  _write_json(done_path, {
+  write_json(done_path, {
       'num_steps': result.num_steps,
       'final_loss': final_metrics.get('loss'),
       'final_token_accuracy': final_metrics.get('token_accuracy'),
@@ -551,7 +554,7 @@ def params_of_round(ctx: Context, round_index: int) -> models.Params:
   elif (round_dir / 'train' / TRAIN_DONE_FILE).exists():
     params = checkpoints.load_params(
         round_dir / 'train' / train_lib.FINAL_PARAMS_DIR, ctx.model, ctx.mesh)
-  elif _read_json(round_dir / 'prune.json')['num_kept'] == 0:
+  elif read_json(round_dir / 'prune.json')['num_kept'] == 0:
     params = params_of_round(ctx, round_index - 1)
   else:
     raise FileNotFoundError(f'Round {round_index} has not finished training.')
@@ -615,7 +618,7 @@ def evaluate_round(ctx: Context, round_index: int,
   """Greedy Pass@1 (and pass@k / maj@k from samples) on the test problems."""
   eval_path = ctx.round_dir(round_index) / 'eval.json'
   if eval_path.exists():
-    return _read_json(eval_path)
+    return read_json(eval_path)
   eval_config = ctx.config.eval
   think_settings = sampling_settings(ctx.config, round_index)
   greedy = dataclasses.replace(
@@ -666,7 +669,7 @@ def evaluate_round(ctx: Context, round_index: int,
       [r['num_tokens'] for r in greedy_records]))
   report = {'round': round_index, 'metrics': metrics}
   _write_tensorboard(ctx.workdir, round_index, metrics)
-  _write_json(eval_path, report)
+  write_json(eval_path, report)
   return report
 
 
@@ -681,7 +684,7 @@ def _safe_normalizer(task: tasks.Task) -> Callable[[str], str | None]:
 
 def _write_tensorboard(workdir: pathlib.Path, round_index: int,
                        metrics: dict[str, float]) -> None:
-  if not _is_writer():
+  if not is_writer():
     return
   from flax.metrics import tensorboard  # pylint: disable=g-import-not-at-top
   writer = tensorboard.SummaryWriter(os.fspath(workdir / 'tensorboard'))
@@ -698,11 +701,11 @@ def _write_tensorboard(workdir: pathlib.Path, round_index: int,
 
 def round_summary(ctx: Context, round_index: int) -> dict[str, Any]:
   entry = {'round': round_index,
-           'metrics': _read_json(ctx.round_dir(round_index) /
+           'metrics': read_json(ctx.round_dir(round_index) /
                                  'eval.json')['metrics']}
   prune_path = ctx.round_dir(round_index) / 'prune.json'
   if prune_path.exists():
-    report = _read_json(prune_path)
+    report = read_json(prune_path)
     entry['data'] = {
         'num_traces': report['num_traces'],
         'train_sample_accuracy': report['num_correct'] /
@@ -741,14 +744,14 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def plot_summary(summary: dict[str, Any], path: pathlib.Path) -> None:
   """Plots each pass@/maj@ metric against the round."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  # The object API, not pyplot: no global backend switch for the caller.
+  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
   rounds = [entry['round'] for entry in summary['rounds']]
   names = sorted({name for entry in summary['rounds']
                   for name in entry['metrics']
                   if name.startswith(('pass@', 'maj@'))})
-  figure, axes = plt.subplots(figsize=(6, 4))
+  figure = figure_lib.Figure(figsize=(6, 4))
+  axes = figure.add_subplot()
   for name in names:
     values = [100 * entry['metrics'].get(name, math.nan)
               for entry in summary['rounds']]
@@ -762,7 +765,6 @@ def plot_summary(summary: dict[str, Any], path: pathlib.Path) -> None:
   figure.tight_layout()
   tmp = path.with_suffix('.tmp.png')
   figure.savefig(tmp, dpi=100)
-  plt.close(figure)
   os.replace(tmp, path)
 
 
@@ -773,8 +775,8 @@ def write_summary(ctx: Context) -> dict[str, Any]:
       'rounds': [round_summary(ctx, r)
                  for r in range(ctx.config.loop.num_rounds + 1)],
   }
-  _write_json(ctx.workdir / SUMMARY_FILE, summary)
-  if _is_writer():
+  write_json(ctx.workdir / SUMMARY_FILE, summary)
+  if is_writer():
     plot_summary(summary, ctx.workdir / SUMMARY_PLOT)
   return summary
 
@@ -784,9 +786,11 @@ def write_summary(ctx: Context) -> dict[str, Any]:
 # ----------------------------------------------------------------------------
 
 
-def run(config: ml_collections.ConfigDict,
-        workdir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-  """Runs (or resumes) every round; returns the summary.
+def prepare_workdir(config: ml_collections.ConfigDict,
+                    workdir: str | os.PathLike[str] | None = None
+                    ) -> pathlib.Path:
+  """Validates the loop's config, creates the workdir and saves (or checks)
+  its config; returns the absolute workdir.
 
   Args:
     config: the full, validated config.
@@ -800,44 +804,69 @@ def run(config: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   check_or_save_config(workdir, config)
-  start = time.perf_counter()
-  ctx = setup(config, workdir)
-  timings: dict[str, float] = {}
+  return workdir
 
-  def timed(name: str, fn: Callable[[], Any]) -> Any:
-    stage_start = time.perf_counter()
-    value = fn()
-    timings[name] = round(time.perf_counter() - stage_start, 2)
-    return value
 
+def timed(timings: dict[str, float], name: str, fn: Callable[[], Any]) -> Any:
+  """Returns `fn()`, recording its wall time in seconds as timings[name]."""
+  stage_start = time.perf_counter()
+  value = fn()
+  timings[name] = round(time.perf_counter() - stage_start, 2)
+  return value
+
+
+def run_rounds(ctx: Context, timings: dict[str, float]) -> dict[str, Any]:
+  """Round 0's evaluation, then every round not yet evaluated; returns the
+  summary (written to ctx.workdir).
+
+  Rounds already evaluated are only printed; the stages of an unfinished
+  round skip their finished units. `timings` gets each stage's seconds.
+  """
+  config = ctx.config
   if (ctx.round_dir(0) / 'eval.json').exists():
-    report = _read_json(ctx.round_dir(0) / 'eval.json')
+    report = read_json(ctx.round_dir(0) / 'eval.json')
   else:
-    params = timed('round_0/warmup', lambda: params_of_round(ctx, 0))
-    report = timed('round_0/eval', lambda: evaluate_round(ctx, 0, params))
+    params = timed(timings, 'round_0/warmup', lambda: params_of_round(ctx, 0))
+    report = timed(timings, 'round_0/eval',
+                   lambda: evaluate_round(ctx, 0, params))
   _print_round(report)
   for round_index in range(1, config.loop.num_rounds + 1):
     if (ctx.round_dir(round_index) / 'eval.json').exists():
-      _print_round(_read_json(ctx.round_dir(round_index) / 'eval.json'))
+      _print_round(read_json(ctx.round_dir(round_index) / 'eval.json'))
       continue
     previous = params_of_round(ctx, round_index - 1)
-    think_records = timed(f'round_{round_index}/think',
+    think_records = timed(timings, f'round_{round_index}/think',
                           lambda: think(ctx, round_index, previous))
     prune_report = timed(
-        f'round_{round_index}/prune',
+        timings, f'round_{round_index}/prune',
         lambda: prune_and_write(ctx, round_index, think_records))
     print(f'Round {round_index} prune: {prune_report["num_correct"]}/'
           f'{prune_report["num_traces"]} traces correct; kept '
           f'{prune_report["num_kept"]} ({prune_report["removed"]}).',
           flush=True)
-    params = timed(f'round_{round_index}/train',
+    params = timed(timings, f'round_{round_index}/train',
                    lambda: train_round(ctx, round_index, prune_report))
-    report = timed(f'round_{round_index}/eval',
+    report = timed(timings, f'round_{round_index}/eval',
                    lambda: evaluate_round(ctx, round_index, params))
     _print_round(report)
-  summary = write_summary(ctx)
+  return write_summary(ctx)
+
+
+def run(config: ml_collections.ConfigDict,
+        workdir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+  """Runs (or resumes) every round; returns the summary.
+
+  Args:
+    config: the full, validated config.
+    workdir: default `config.workdir`.
+  """
+  workdir = prepare_workdir(config, workdir)
+  start = time.perf_counter()
+  ctx = setup(config, workdir)
+  timings: dict[str, float] = {}
+  summary = run_rounds(ctx, timings)
   timings['total'] = round(time.perf_counter() - start, 2)
-  _write_json(workdir / 'timings.json', timings)
+  write_json(workdir / 'timings.json', timings)
   print('\n' + format_table(summary), flush=True)
   print(f'\nSummary: {workdir / SUMMARY_FILE}, plot: '
         f'{workdir / SUMMARY_PLOT}; this invocation took '
