@@ -364,3 +364,26 @@ def test_warmup_examples_skip_the_few_shot_exemplars(task):
   for prompt, _ in pairs:
     assert prompt.startswith(f'Question: {exemplar_question}\nAnswer:\n')
     assert prompt.count(exemplar_question) == 1
+
+
+def test_terse_wording_states_the_same_arithmetic_in_short_sentences(task):
+  story = _config(min_steps=2, max_steps=3)
+  terse = _config(min_steps=2, max_steps=3, wording='terse')
+  story_problems = task.load_problems('test', story)
+  terse_problems = task.load_problems('test', terse)
+  for story_problem, terse_problem in zip(story_problems, terse_problems):
+    # Same problems, same answers and worked solutions; only the question's
+    # wording differs.
+    assert terse_problem.answer == story_problem.answer
+    assert terse_problem.solution == story_problem.solution
+    assert terse_problem.question.startswith('Start with ')
+    assert terse_problem.question.endswith(' What is the result?')
+    assert task.verify(terse_problem.solution, terse_problem) == (
+        True, terse_problem.answer)
+  first = terse_problems[0].solution.splitlines()[0]
+  assert first.split()[0] == terse_problems[0].question.split()[2].rstrip('.')
+
+
+def test_unknown_wording_is_named(task):
+  with pytest.raises(config_lib.ConfigError, match='config.task.wording'):
+    task.load_problems('train', _config(wording='poetic'))

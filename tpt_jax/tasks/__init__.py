@@ -102,6 +102,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.max_steps = 4
   config.max_operand = 9
   config.max_value = 100
+  # Demo wording: 'story' (sentences about a person and objects) or 'terse'
+  # ('Start with 7. Add 3. ... What is the result?', learnt fastest).
+  config.wording = 'story'
+  # Demo step kinds, comma-separated: add, sub, mul (v * m), add_mul
+  # (v + m * each), sub_mul (v - m * each).
+  config.operations = 'add,sub,mul,add_mul,sub_mul'
   # One of PROMPT_STYLES. 'few_shot' needs num_few_shot > 0: that many train
   # problems become exemplars and are excluded from training.
   config.prompt_style = 'zero_shot'

@@ -98,6 +98,16 @@ _TEMPLATES = {
     ),
 }
 STEP_KINDS = tuple(_TEMPLATES)
+# The 'terse' wording: one short imperative per step, the same every time, so
+# a tiny model finds each operand right after a fixed word (the CPU demo).
+_TERSE = {
+    'add': 'Add {0}.',
+    'sub': 'Subtract {0}.',
+    'mul': 'Multiply by {0}.',
+    'add_mul': 'Add {0} groups of {1}.',
+    'sub_mul': 'Subtract {0} groups of {1}.',
+}
+WORDINGS = ('story', 'terse')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,8 +164,13 @@ class WordProblem:
       value = step.apply(value)
     return value
 
-  def question(self) -> str:
-    """The problem statement, one line."""
+  def question(self, wording: str = 'story') -> str:
+    """The problem statement, one line, in one of WORDINGS."""
+    if wording == 'terse':
+      return ' '.join([f'Start with {self.start}.',
+                       *(_TERSE[step.kind].format(*step.operands)
+                         for step in self.steps),
+                       'What is the result?'])
     name, subject, object_pronoun, possessive = _PEOPLE[self.person]
     singular, plural = _OBJECTS[self.item]
     count = lambda n: f'{n} {singular if n == 1 else plural}'
@@ -207,11 +222,17 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if config.max_value < 2:
     raise config_lib.ConfigError(
         f'config.task.max_value={config.max_value} must be at least 2.')
+  operations(config)
+  if config.wording not in WORDINGS:
+    raise config_lib.ConfigError(
+        f'config.task.wording={config.wording!r} is not one of '
+        f'{", ".join(WORDINGS)}.')
 
 
 def _random_step(rng: random.Random, value: int, max_operand: int,
-                 max_value: int) -> Step:
-  """A random step from `value` keeping the result in [1, max_value]."""
+                 max_value: int, kinds: Sequence[str] = STEP_KINDS) -> Step:
+  """A random step of one of `kinds` from `value` keeping the result in
+  [1, max_value]."""
   headroom = max_value - value  # How much the value may still grow.
   feasible = []
   if headroom >= 1:
@@ -224,6 +245,9 @@ def _random_step(rng: random.Random, value: int, max_operand: int,
     feasible.append('add_mul')
   if value - 1 >= 4:
     feasible.append('sub_mul')
+  feasible = [kind for kind in feasible if kind in kinds]
+  if not feasible:  # Only 'mul' was allowed and would overflow: add instead.
+    feasible = ['add' if headroom >= 1 else 'sub']
   kind = rng.choice(feasible)
   if kind == 'add':
     operands = (rng.randint(1, min(max_operand, headroom)),)
@@ -238,6 +262,18 @@ def _random_step(rng: random.Random, value: int, max_operand: int,
   return Step(kind, operands, rng.randrange(len(_TEMPLATES[kind])))
 
 
+def operations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The step kinds `config.task.operations` allows (comma-separated)."""
+  kinds = tuple(kind.strip() for kind in config.operations.split(',')
+                if kind.strip())
+  unknown = [kind for kind in kinds if kind not in STEP_KINDS]
+  if unknown or not kinds:
+    raise config_lib.ConfigError(
+        f'config.task.operations={config.operations!r}: name one or more of '
+        f'{", ".join(STEP_KINDS)}.')
+  return kinds
+
+
 def _random_word_problem(rng: random.Random,
                          config: ml_collections.ConfigDict) -> WordProblem:
   person = rng.randrange(len(_PEOPLE))
@@ -246,8 +282,10 @@ def _random_word_problem(rng: random.Random,
   num_steps = rng.randint(config.min_steps, config.max_steps)
   steps = []
   value = start
+  kinds = operations(config)
   for _ in range(num_steps):
-    step = _random_step(rng, value, config.max_operand, config.max_value)
+    step = _random_step(rng, value, config.max_operand, config.max_value,
+                        kinds)
     steps.append(step)
     value = step.apply(value)
   return WordProblem(person, item, start, tuple(steps))
@@ -292,9 +330,10 @@ def generate_word_problems(split: str, count: int, seed: int,
   return problems
 
 
-def _to_problem(word_problem: WordProblem, problem_id: str) -> tasks.Problem:
+def _to_problem(word_problem: WordProblem, problem_id: str,
+                wording: str) -> tasks.Problem:
   return tasks.Problem(problem_id=problem_id,
-                       question=word_problem.question(),
+                       question=word_problem.question(wording),
                        answer=str(word_problem.answer()),
                        solution=word_problem.solution())
 
@@ -334,7 +373,8 @@ class DemoTask:
           f'split={split!r} is not one of {", ".join(tasks.SPLITS)}.')
     count = config[f'num_{split}_problems']
     word_problems = generate_word_problems(split, count, config.seed, config)
-    return [_to_problem(word_problem, f'{NAME}/{split}/{index}')
+    return [_to_problem(word_problem, f'{NAME}/{split}/{index}',
+                        config.wording)
             for index, word_problem in enumerate(word_problems)]
 
   def verify(self, completion: str,
@@ -388,9 +428,9 @@ def warmup_examples(n: int, seed: int, *,
   word_problems = generate_word_problems(
       'train', n + len(exemplar_questions), seed, config, stream='warmup')
   problems = [
-      _to_problem(word_problem, f'{NAME}/warmup/{index}')
+      _to_problem(word_problem, f'{NAME}/warmup/{index}', config.wording)
       for index, word_problem in enumerate(word_problems)
-      if word_problem.question() not in exemplar_questions][:n]
+      if word_problem.question(config.wording) not in exemplar_questions][:n]
   return [(TASK.format_prompt(problem, style, exemplars), problem.solution)
           for problem in problems]
 
@@ -407,7 +447,9 @@ def corpus(seed: int, *, config: ml_collections.ConfigDict | None = None,
   _check_config(config)
   rng = random.Random(f'tpt_jax.tasks.demo/corpus/{seed}')
   texts = [' '.join(str(i) for i in range(config.max_value + 1)),
-           '0 1 2 3 4 5 6 7 8 9 + - * = .']
+           '0 1 2 3 4 5 6 7 8 9 + - * = .',
+           'Start with 1. What is the result?',
+           *(template.format(2, 3) for template in _TERSE.values())]
   for name, subject, object_pronoun, possessive in _PEOPLE:
     for singular, plural in _OBJECTS:
       texts.append(f'{name} has 1 {singular}. {name} has 2 {plural}. '
@@ -421,7 +463,7 @@ def corpus(seed: int, *, config: ml_collections.ConfigDict | None = None,
               each=rng.randint(2, 9)))
   for word_problem in generate_word_problems(
       'train', num_problems, seed, config, stream='corpus'):
-    problem = _to_problem(word_problem, 'corpus')
+    problem = _to_problem(word_problem, 'corpus', config.wording)
     texts.append(TASK.format_prompt(problem, 'zero_shot_cot'))
     texts.append(problem.solution)
   return texts
