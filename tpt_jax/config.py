@@ -24,6 +24,8 @@ evaluate):
   train       the SFT stage.
   eval        Pass@1 / pass@k / maj@k.
   loop        rounds.
+  sert        SERT mode (`mode='sert'`): zero-shot latent sampling, quality
+              filters, self-training, then distillation from a teacher.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ MODEL_VARIANTS = ('gemma2_2b', 'gemma2_9b', 'gemma2_27b', 'gemma2_tiny',
 DTYPES = ('bfloat16', 'float32', 'float16')
 CHECKPOINT_FORMATS = ('auto', 'orbax', 'safetensors', 'random')
 MESH_AXES = ('data', 'fsdp', 'tensor')
+# 'tpt': the Think -> Prune -> Train rounds (`tpt_jax.loop`); 'sert':
+# self-training on zero-shot latent reasoning, then distillation
+# (`tpt_jax.sert`).
+MODES = ('tpt', 'sert')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -51,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.workdir = optional(str)
+  # What `python -m tpt_jax.main` runs: one of MODES.
+  config.mode = 'tpt'
 
   # --- model -----------------------------------------------------------------
   config.model = ml_collections.ConfigDict()
@@ -93,6 +101,7 @@ def base_config() -> ml_collections.ConfigDict:
   from tpt_jax import loop  # pylint: disable=g-import-not-at-top
   from tpt_jax import prune  # pylint: disable=g-import-not-at-top
   from tpt_jax import sampling  # pylint: disable=g-import-not-at-top
+  from tpt_jax import sert  # pylint: disable=g-import-not-at-top
   from tpt_jax import sources  # pylint: disable=g-import-not-at-top
   from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
   from tpt_jax import train  # pylint: disable=g-import-not-at-top
@@ -103,6 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.train = train.default_config()
   config.eval = evaluate.default_config()
   config.loop = loop.default_config()
+  config.sert = sert.default_config()
 
   return config
 
@@ -152,6 +162,7 @@ def _check_choice(config: ml_collections.ConfigDict, field: str,
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first field whose value is not allowed."""
+  _check_choice(config, 'mode', MODES)
   _check_choice(config, 'model.variant', MODEL_VARIANTS)
   _check_choice(config, 'model.param_dtype', DTYPES)
   _check_choice(config, 'model.compute_dtype', DTYPES)
@@ -177,3 +188,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     prune.parse_strategies(config.prune.strategies)
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  if config.mode == 'sert':
+    from tpt_jax import sert  # pylint: disable=g-import-not-at-top
+    sert.validate_config(config)

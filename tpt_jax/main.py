@@ -5,7 +5,9 @@ r"""The tpt_jax program: `python -m tpt_jax.main --config=configs/x.py`.
 
 Parses and validates the config (an unknown field or a value of the wrong
 type is refused by name), prints the resolved config, then runs (or resumes)
-the Think -> Prune -> Train -> Evaluate rounds in --workdir (`tpt_jax.loop`).
+in --workdir what `config.mode` names: the Think -> Prune -> Train -> Evaluate
+rounds ('tpt', `tpt_jax.loop`) or SERT's self-training and distillation
+stages ('sert', `tpt_jax.sert`).
 """
 
 from __future__ import annotations
@@ -59,10 +61,15 @@ def resolve_config(config, workdir: str | None):
 
 
 def run(config) -> None:
-  """Runs the TPT loop the config describes (resuming its workdir)."""
-  from tpt_jax import loop  # pylint: disable=g-import-not-at-top
+  """Runs what `config.mode` names (resuming its workdir)."""
+  # pylint: disable=g-import-not-at-top
+  if config.mode == 'sert':
+    from tpt_jax import sert as runner
+  else:
+    from tpt_jax import loop as runner
+  # pylint: enable=g-import-not-at-top
   try:
-    loop.run(config)
+    runner.run(config)
   except config_lib.ConfigError as e:
     print(f'Invalid config: {e}', file=sys.stderr)
     sys.exit(2)
