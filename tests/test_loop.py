@@ -7,10 +7,7 @@ reruns do not recompile.
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
@@ -62,31 +59,6 @@ def config_file(tmp_path_factory):
   return path
 
 
-@pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('jax_cache')
-
-
-def _run(config_file, workdir, compile_cache, *, crash_at=None, extra=()):
-  env = {
-      'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
-      'PYTHONPATH': str(_REPO),
-      'JAX_PLATFORMS': 'cpu',
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-      'TF_CPP_MIN_LOG_LEVEL': '3',
-      'JAX_COMPILATION_CACHE_DIR': str(compile_cache),
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
-  }
-  if crash_at:
-    env[loop.CRASH_ENV] = crash_at
-  return subprocess.run(
-      [sys.executable, '-m', 'tpt_jax.main', f'--config={config_file}',
-       f'--workdir={workdir}', *extra],
-      cwd=_REPO, env=env, capture_output=True, text=True, check=False,
-      timeout=900)
-
-
 def _outputs(workdir):
   """What must not depend on crashes: summary, datasets, traces, evals."""
   workdir = pathlib.Path(workdir)
@@ -102,9 +74,9 @@ def _outputs(workdir):
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(config_file, compile_cache, tmp_path_factory):
+def uninterrupted(config_file, run_main, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  result = _run(config_file, workdir, compile_cache)
+  result = run_main(config_file, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result
 
@@ -134,26 +106,26 @@ def test_a_run_writes_every_rounds_outputs_and_a_valid_summary(uninterrupted):
 
 
 def test_killed_at_every_stage_then_rerun_gives_identical_outputs(
-    uninterrupted, config_file, compile_cache, tmp_path):
+    uninterrupted, config_file, run_main, tmp_path):
   reference_dir, _ = uninterrupted
   workdir = tmp_path / 'killed'
   crash_points = ['think:1:1', 'records:1', 'train:1:2', 'eval:1:0',
                   'think:2:0', 'train:2:1']
   for point in crash_points:
-    result = _run(config_file, workdir, compile_cache, crash_at=point)
+    result = run_main(config_file, workdir, crash_at=point)
     assert result.returncode == -9, (point, result.stderr[-3000:])
     assert f'killing the process at {point}' in result.stdout
-  result = _run(config_file, workdir, compile_cache)
+  result = run_main(config_file, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert _outputs(workdir) == _outputs(reference_dir)
 
 
 def test_a_changed_config_of_a_started_workdir_is_refused(
-    uninterrupted, config_file, compile_cache):
+    uninterrupted, config_file, run_main):
   workdir, _ = uninterrupted
   before = (workdir / 'summary.json').read_text()
-  result = _run(config_file, workdir, compile_cache,
-                extra=['--config.sampling.temperature=0.5'])
+  result = run_main(config_file, workdir,
+                    extra=['--config.sampling.temperature=0.5'])
   assert result.returncode == 2
   assert 'config.sampling.temperature: 1.0 in the workdir, 0.5 now' in (
       result.stderr)

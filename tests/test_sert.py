@@ -9,11 +9,8 @@ of demo problems.
 
 import dataclasses
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -334,34 +331,9 @@ def config_file(tmp_path_factory, teacher_checkpoint):
 
 
 @pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('jax_cache')
-
-
-def _run(config_file, workdir, compile_cache, *, crash_at=None, extra=()):
-  env = {
-      'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
-      'PYTHONPATH': str(_REPO),
-      'JAX_PLATFORMS': 'cpu',
-      'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-      'TF_CPP_MIN_LOG_LEVEL': '3',
-      'JAX_COMPILATION_CACHE_DIR': str(compile_cache),
-      'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-      'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
-  }
-  if crash_at:
-    env[loop.CRASH_ENV] = crash_at
-  return subprocess.run(
-      [sys.executable, '-m', 'tpt_jax.main', f'--config={config_file}',
-       f'--workdir={workdir}', *extra],
-      cwd=_REPO, env=env, capture_output=True, text=True, check=False,
-      timeout=900)
-
-
-@pytest.fixture(scope='module')
-def sert_run(config_file, compile_cache, tmp_path_factory):
+def sert_run(config_file, run_main, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('sert_run')
-  result = _run(config_file, workdir, compile_cache)
+  result = run_main(config_file, workdir)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return workdir, result
 
@@ -409,7 +381,7 @@ def test_a_sert_run_writes_every_stage_and_a_valid_summary(
 
 
 def test_a_killed_sert_run_resumes_and_a_changed_config_is_refused(
-    sert_run, config_file, compile_cache, tmp_path):
+    sert_run, config_file, run_main, tmp_path):
   reference, _ = sert_run
   # The reference run, as if it had been killed before pruning the teacher's
   # traces (its think shards are there, its dataset is not).
@@ -420,11 +392,11 @@ def test_a_killed_sert_run_resumes_and_a_changed_config_is_refused(
   for name in ('teacher/round_1/prune.json', 'sert_summary.json',
                'timings.json'):
     (workdir / name).unlink()
-  result = _run(config_file, workdir, compile_cache,
-                crash_at='distillation:train:1')
+  result = run_main(config_file, workdir,
+                    crash_at='distillation:train:1')
   assert result.returncode == -9, result.stderr[-3000:]
   assert not (workdir / 'sert_summary.json').exists()
-  result = _run(config_file, workdir, compile_cache)
+  result = run_main(config_file, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert (json.loads((workdir / 'sert_summary.json').read_text()) ==
           json.loads((reference / 'sert_summary.json').read_text()))
@@ -434,7 +406,7 @@ def test_a_killed_sert_run_resumes_and_a_changed_config_is_refused(
   timings = json.loads((workdir / 'timings.json').read_text())
   assert set(timings) == {'distillation/train', 'distillation/eval', 'total'}
   # SERT distils from the last self-training round: its count is fixed.
-  result = _run(config_file, workdir, compile_cache,
-                extra=['--config.loop.num_rounds=2'])
+  result = run_main(config_file, workdir,
+                    extra=['--config.loop.num_rounds=2'])
   assert result.returncode == 2
   assert 'config.loop.num_rounds: 1 in the workdir, 2 now' in result.stderr

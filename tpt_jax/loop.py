@@ -715,6 +715,15 @@ def round_summary(ctx: Context, round_index: int) -> dict[str, Any]:
   return entry
 
 
+def format_metric(name: str, value: float | None) -> str:
+  """A table cell: pass@/maj@ metrics as percentages, '-' when missing."""
+  if value is None:
+    return '-'
+  if name.startswith(('pass@', 'maj@')):
+    return f'{100 * value:.1f}%'
+  return f'{value:.1f}'
+
+
 def format_table(summary: dict[str, Any]) -> str:
   """The summary as a text table, one row per round."""
   names = []
@@ -726,14 +735,8 @@ def format_table(summary: dict[str, Any]) -> str:
   rows = []
   for entry in summary['rounds']:
     row = [str(entry['round'])]
-    for name in names:
-      value = entry['metrics'].get(name)
-      if value is None:
-        row.append('-')
-      elif name.startswith(('pass@', 'maj@')):
-        row.append(f'{100 * value:.1f}%')
-      else:
-        row.append(f'{value:.1f}')
+    row.extend(format_metric(name, entry['metrics'].get(name))
+               for name in names)
     row.append(str(entry.get('data', {}).get('num_kept', '-')))
     rows.append(row)
   widths = [max(len(r[i]) for r in [header, *rows])

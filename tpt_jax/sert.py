@@ -659,14 +659,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
   rows = []
   for stage in summary['stages']:
     row = [stage['stage']]
-    for name in names:
-      value = stage['metrics'].get(name)
-      if value is None:
-        row.append('-')
-      elif name.startswith(('pass@', 'maj@')):
-        row.append(f'{100 * value:.1f}%')
-      else:
-        row.append(f'{value:.1f}')
+    row.extend(loop.format_metric(name, stage['metrics'].get(name))
+               for name in names)
     counts = stage['filters']
     row.append(str(counts.get('num_traces', '-')))
     row.extend(str(counts.get('removed', {}).get(f, '-')) for f in filters)
