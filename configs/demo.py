@@ -22,8 +22,8 @@ Hardware: any CPU (float32). What runs:
     problems.
 
 Measured (2-core CPU, 2026-11-22): 3m49s wall alone, 3m58s without
-pruning (warm-up ~1 min, each round 20-30 s). Greedy Pass@1 on the test problems, rounds 0..5:
-seed 0 with pruning 14.1 11.7 14.1 18.8 13.3 21.9, without 14.1 11.7 10.9
+pruning (warm-up ~1 min, each round 20-30 s). Greedy Pass@1 on the test
+problems, rounds 0..5: seed 0 with pruning 14.1 11.7 14.1 18.8 13.3 21.9, without 14.1 11.7 10.9
 12.5 11.7 10.9; seed 1 with 12.5 19.5 19.5 18.0 13.3 19.5, without 12.5 11.7
 7.0 8.6 9.4 10.9. Short of the +15-point target (see README.md, "The CPU
 demo").
