@@ -44,32 +44,33 @@ def get_config():
   config.task.max_steps = 3
   config.task.max_operand = 5
   config.task.max_value = 20
-  config.task.num_train_problems = 256
-  config.task.num_test_problems = 128
+  config.task.num_train_problems = 1024
+  config.task.num_test_problems = 256
 
-  config.sampling.num_samples_per_problem = 8
+  config.sampling.num_samples_per_problem = 4
   config.sampling.max_new_tokens = 40
-  config.sampling.temperature = 1.0
+  config.sampling.temperature = 0.7
   config.sampling.batch_size = 256
   # Every demo prompt fits one bucket: one prefill/decode pair to compile.
   config.sampling.prompt_length_buckets = (48,)
   config.sampling.max_cache_segments = 2
 
   config.prune.strategies = 'correct,max_per_problem'
-  config.prune.max_per_problem = 4
+  config.prune.max_per_problem = 2
+  config.prune.demo.check_worked_lines = True
 
   config.loop.num_rounds = 5
-  config.loop.max_train_examples_per_round = 512
+  config.loop.max_train_examples_per_round = 1024
   config.loop.warmup.num_examples = 2000
-  config.loop.warmup.num_epochs = 2.0
-  config.loop.warmup.learning_rate = 3e-3
+  config.loop.warmup.num_epochs = 2.9
+  config.loop.warmup.learning_rate = 1e-3
 
   config.train.learning_rate = 1e-3
   config.train.lr_schedule = 'constant'
   config.train.warmup_steps = 5
   config.train.batch_size = 8
   config.train.max_seq_len = 128
-  config.train.num_epochs = 4.0
+  config.train.num_epochs = 2.0
   config.train.checkpoint_every = 1000
   config.train.log_every = 20
   return config

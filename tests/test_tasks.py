@@ -7,6 +7,7 @@ import re
 import pytest
 
 from tpt_jax import config as config_lib
+from tpt_jax import prune
 from tpt_jax import tasks
 from tpt_jax.tasks import demo
 
@@ -237,6 +238,46 @@ def test_every_solution_verifies_and_a_perturbed_answer_fails(task, problems):
 def test_verifier_is_strict(task, completion, expected):
   problem = tasks.Problem('demo/test/0', 'How many?', '14', None)
   assert task.verify(completion, problem) == expected
+
+
+@pytest.mark.parametrize('completion, holds', [
+    ('7 + 3 * 4 = 7 + 12 = 19.\n19 - 5 = 14.\nThe answer is 14.', True),
+    ('7 - 2 * 3 = 7 - 6 = 1.\nThe answer is 1.', True),  # * before -.
+    ('3 - 5 = -2.\n-2 + 16 = 14.\nThe answer is 14.', True),
+    ('9 + 5 = 14.\nThe answer is 14.\nQuestion: more', True),
+    ('9 + 4 = 14.\nThe answer is 14.', False),  # A false equation.
+    ('7 + 3 * 4 = 7 + 12 = 20.\nThe answer is 20.', False),  # A false side.
+    ('7 + 3 = 10.\n9 + 5 = 14.\nThe answer is 14.', False),  # Not chained.
+    ('7 + 3 = 10.\nThe answer is 14.', False),  # Not the last result.
+    ('The answer is 14.', False),  # No working.
+    ('7 + 7 = 14. The answer is 14.', False),  # Answer not on its own line.
+    ('7 + 7 = 14\nThe answer is 14.', False),  # No full stop.
+    ('14.\nThe answer is 14.', False),  # Not an equation.
+    ('seven + 7 = 14.\nThe answer is 14.', False),
+    ('7 + 7 = 14.', False),  # No answer line.
+])
+def test_worked_lines_hold_only_for_a_derivation(completion, holds):
+  assert demo.worked_lines_hold(completion) is holds
+
+
+def test_every_solution_is_a_derivation_in_every_operation(task):
+  config = _config(num_train_problems=200, num_test_problems=60)
+  for problem in (task.load_problems('train', config) +
+                  task.load_problems('test', config)):
+    assert demo.worked_lines_hold(problem.solution), problem.solution
+
+
+def test_check_worked_lines_rejects_a_lucky_answer_only_when_asked(task):
+  problem = tasks.Problem('demo/test/0', 'Start with 9. Add 5.', '14', None)
+  completions = ['9 + 5 = 14.\nThe answer is 14.',
+                 '9 + 3 = 14.\nThe answer is 14.',  # Right answer, bad work.
+                 '9 + 5 = 14.\nThe answer is 13.']
+  prune_config = prune.default_config()
+  assert task.verify_many(completions, [problem] * 3, prune_config) == [
+      (True, '14'), (True, '14'), (False, '13')]
+  prune_config.demo.check_worked_lines = True
+  assert task.verify_many(completions, [problem] * 3, prune_config) == [
+      (True, '14'), (False, '14'), (False, '13')]
 
 
 def test_demo_majority_vote_uses_integer_answers(task):

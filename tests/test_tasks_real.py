@@ -70,14 +70,19 @@ def test_verify_all_needs_one_problem_per_completion():
                      _prune_config())
 
 
-def test_verify_all_falls_back_to_verify_for_the_demo():
+def test_verify_all_uses_the_demo_verifier_and_its_settings():
   task = tasks.get_task('demo')
-  assert not hasattr(task, 'verify_many')
   problem = tasks.Problem('demo/test/0', 'How many?', '14', None)
-  assert tasks.verify_all(
-      task, ['The answer is 14.', 'The answer is 13.', ''],
-      [problem] * 3, _prune_config()) == [
-          (True, '14'), (False, '13'), (False, None)]
+  completions = ['The answer is 14.', 'The answer is 13.', '',
+                 '7 + 7 = 14.\nThe answer is 14.']
+  assert tasks.verify_all(task, completions, [problem] * 4,
+                          _prune_config()) == [
+                              (True, '14'), (False, '13'), (False, None),
+                              (True, '14')]
+  checked = _prune_config()
+  checked.demo.check_worked_lines = True
+  assert tasks.verify_all(task, completions, [problem] * 4, checked) == [
+      (False, '14'), (False, '13'), (False, None), (True, '14')]
 
 
 # ----------------------------------------------------------------- gsm8k ----

@@ -107,6 +107,11 @@ def default_config() -> ml_collections.ConfigDict:
   # MATH-style: time limit of one sympy equivalence check.
   config.math.sympy_timeout_s = 2.0
 
+  config.demo = ml_collections.ConfigDict()
+  # The demo task: a right answer also needs its worked lines to derive it
+  # (see tasks.demo.worked_lines_hold); applies to pruning and evaluation.
+  config.demo.check_worked_lines = False
+
   config.code = ml_collections.ConfigDict()
   config.code.timeout_s = 10.0  # Wall clock per program.
   config.code.cpu_time_s = 10  # CPU seconds per process.

@@ -20,7 +20,11 @@ for every seed. So no test computation appears in any seed's train split,
 even reworded.
 
 The verifier reads the first 'The answer is N' strictly (no fallback to the
-last number) and compares integers exactly.
+last number) and compares integers exactly. With `config.prune.demo.
+check_worked_lines` it also requires the lines before it to be a derivation
+(each a true equation starting from the previous line's result, N the last
+result), so a right answer reached by wrong working, which a weak model
+guesses often among small answers, does not count.
 """
 
 from __future__ import annotations
@@ -356,6 +360,51 @@ def extract_answer(completion: str) -> str | None:
   return str(int(match.group())) if match else None
 
 
+# A side of a worked line: integers joined by +, - and *.
+_EXPRESSION = re.compile(r'-?\d+(?: [-+*] -?\d+)*')
+
+
+def _evaluate(expression: str) -> int | None:
+  """The value of `expression` (* before + and -), or None if it is not one."""
+  if not _EXPRESSION.fullmatch(expression):
+    return None
+  tokens = expression.split(' ')
+  total, sign, term = 0, 1, int(tokens[0])
+  for operator, number in zip(tokens[1::2], tokens[2::2]):
+    if operator == '*':
+      term *= int(number)
+    else:
+      total += sign * term
+      sign, term = (1 if operator == '+' else -1), int(number)
+  return total + sign * term
+
+
+def worked_lines_hold(completion: str) -> bool:
+  """Whether the lines before the first 'The answer is N' derive N.
+
+  At least one line; each is `a = b = ... = c.` with every side the same
+  value; each line after the first starts from the previous line's result;
+  the answer line starts a line and states the last result. The question's
+  operands are not checked (a derivation that reorders them is still one).
+  """
+  start = completion.find(_ANSWER_PHRASE)
+  if start <= 0 or completion[start - 1] != '\n':
+    return False
+  previous = None
+  for line in completion[:start - 1].split('\n'):
+    if not line.endswith('.'):
+      return False
+    sides = line[:-1].split(' = ')
+    values = {_evaluate(side) for side in sides}
+    if len(sides) < 2 or None in values or len(values) != 1:
+      return False
+    if previous is not None and int(sides[0].split(' ')[0]) != previous:
+      return False
+    previous = values.pop()
+  answer = extract_answer(completion)
+  return answer is not None and int(answer) == previous
+
+
 @dataclasses.dataclass(frozen=True)
 class DemoTask:
   """The demo task (see the module docstring)."""
@@ -383,6 +432,21 @@ class DemoTask:
     extracted = extract_answer(completion)
     return (extracted is not None and int(extracted) == int(problem.answer),
             extracted)
+
+  def verify_many(self, completions: Sequence[str],
+                  problems: Sequence[tasks.Problem],
+                  prune_config: ml_collections.ConfigDict
+                  ) -> list[tuple[bool, str | None]]:
+    """`verify` of each pair; with `prune_config.demo.check_worked_lines`
+    a correct answer also needs `worked_lines_hold`."""
+    check_lines = bool(prune_config.demo.check_worked_lines)
+    verdicts = []
+    for completion, problem in zip(completions, problems, strict=True):
+      correct, extracted = self.verify(completion, problem)
+      if correct and check_lines:
+        correct = worked_lines_hold(completion)
+      verdicts.append((correct, extracted))
+    return verdicts
 
   def format_prompt(self, problem: tasks.Problem, style: str,
                     exemplars: Sequence[tasks.Problem] = ()) -> str:
