@@ -9,24 +9,28 @@ The pruning-off ablation (the paper's): add
 Hardware: any CPU (float32). What runs:
   * the built-in `demo` task, terse wording ('Start with 7. Add 3. Subtract
     5. What is the result?'), 1-3 add/subtract steps, operands up to 5,
-    values up to 20; 256 train and 128 held-out test problems (disjoint by
+    values up to 20; 1024 train and 256 held-out test problems (disjoint by
     construction);
   * a 512-piece sentencepiece tokenizer built from the task's corpus, and a
     1.05M-param Gemma2-architecture model (`gemma2_demo`: 4 layers,
     local-sliding + global attention, both softcaps, GQA), random init;
-  * warm-up: 2 epochs on 2000 worked train solutions, so round 0 is weak
-    but not zero;
-  * 5 rounds: 8 samples per train problem at T=1, keep the correct ones (at
-    most 4 per problem; at most 512 examples per round in both arms), 4
-    epochs of SFT from the previous round's model, greedy Pass@1 on the test
-    problems.
+  * warm-up: 2.9 epochs (about 500 steps) on 2000 worked train solutions at
+    lr 1e-3, so round 0 is weak but not zero;
+  * 5 rounds: 4 samples per train problem at T=0.7; a trace is correct when
+    its answer is right and its worked lines derive it
+    (`prune.demo.check_worked_lines`, also used for Pass@1); keep the
+    correct ones, at most 2 per problem and 1024 per round (the cap holds in
+    both arms); 2 epochs of SFT from the previous round's model; greedy
+    Pass@1 on the test problems.
 
-Measured (2-core CPU, 2026-11-22): 3m49s wall alone, 3m58s without
-pruning (warm-up ~1 min, each round 20-30 s). Greedy Pass@1 on the test
-problems, rounds 0..5: seed 0 with pruning 14.1 11.7 14.1 18.8 13.3 21.9, without 14.1 11.7 10.9
-12.5 11.7 10.9; seed 1 with 12.5 19.5 19.5 18.0 13.3 19.5, without 12.5 11.7
-7.0 8.6 9.4 10.9. Short of the +15-point target (see README.md, "The CPU
-demo").
+Measured (2-core CPU, 2026-11-22), greedy Pass@1 %, rounds 0..5, with
+pruning / without:
+  seed 0: 37.9 35.9 61.7 56.6 68.4 71.5 / 37.9 12.1 12.1 13.3 13.7 8.6
+  seed 1: 27.3 28.5 48.0 56.2 56.6 54.7 / 27.3 5.5 4.7 2.7 1.2 1.2
+  seed 2: 32.4 53.9 68.0 67.6 78.5 78.9 / 32.4 20.3 9.8 11.7 8.2 9.8
+Wall time: 9m46s for seed 0 with pruning while a second demo run shared
+the 2 cores (the same config without the worked-line check); not timed
+alone (see README.md, "The CPU demo").
 """
 
 from tpt_jax import config as config_lib
