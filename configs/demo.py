@@ -18,7 +18,7 @@ Hardware: any CPU (float32). What runs:
     lr 1e-3, so round 0 is weak but not zero;
   * 5 rounds: 4 samples per train problem at T=0.7; a trace is correct when
     its answer is right and its worked lines derive it
-    (`prune.demo.check_worked_lines`, also used for Pass@1); keep the
+    (`verify.demo.check_worked_lines`, also used for Pass@1); keep the
     correct ones, at most 2 per problem and 1024 per round (the cap holds in
     both arms); 2 epochs of SFT from the previous round's model; greedy
     Pass@1 on the test problems.
@@ -61,7 +61,7 @@ def get_config():
 
   config.prune.strategies = 'correct,max_per_problem'
   config.prune.max_per_problem = 2
-  config.prune.demo.check_worked_lines = True
+  config.verify.demo.check_worked_lines = True
 
   config.loop.num_rounds = 5
   config.loop.max_train_examples_per_round = 1024

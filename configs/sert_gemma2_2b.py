@@ -13,7 +13,7 @@ Both checkpoints take the official orbax layout or a Hugging Face directory;
 teacher and student share Gemma2's tokenizer. To distil from rationales you
 already have instead of sampling the 9B, pass
 `--config.sert.teacher.source=traces --config.sert.teacher.traces_path=
-teacher.jsonl` (schema in `tpt_jax/sert.py`).
+teacher.jsonl` (schema in `tpt_jax/experiments/teacher_traces.py`).
 
 Recipe: GSM8K (`config_lib.set_gsm8k_tpt`'s data, training and evaluation
 settings) with zero-shot prompts ('Question: ...\nAnswer:\n', no instruction,

@@ -42,8 +42,8 @@ def _load_hostile_programs() -> tuple[dict[str, str], str]:
 def bench_math(data_dir: pathlib.Path) -> None:
   problems = sources.load_gsm8k(data_dir / 'gsm8k', 'train')
   start = time.perf_counter()
-  correct = sum(math_answers.verify_gsm8k(p.reference_solution,
-                                          p.reference_answer).correct
+  correct = sum(math_answers.verify_gsm8k(p.solution,
+                                          p.answer).correct
                 for p in problems)
   elapsed = time.perf_counter() - start
   print(f'math (GSM8K train, {len(problems)} solutions): {correct} correct, '
@@ -54,7 +54,7 @@ def bench_math(data_dir: pathlib.Path) -> None:
 def bench_code(data_dir: pathlib.Path, num_workers: int) -> None:
   problems = sources.load_humaneval(data_dir / 'humaneval' /
                                     'HumanEval.jsonl.gz')
-  tasks = [code_exec.task_for_problem(p, p.reference_answer)
+  tasks = [code_exec.task_for_problem(p, p.answer)
            for p in problems]
   with code_exec.CodeVerifier(code_exec.SandboxLimits(),
                               num_workers) as verifier:

@@ -21,7 +21,7 @@ import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# tpt_jax.loop.CRASH_ENV: names points where the process SIGKILLs itself.
+# tpt_jax.workdir.CRASH_ENV: names points where the process SIGKILLs itself.
 _CRASH_ENV = 'TPT_JAX_CRASH_AT'
 
 

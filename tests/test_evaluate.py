@@ -2,9 +2,7 @@
 
 import fractions
 import itertools
-import json
 import math
-import os
 
 import pytest
 
@@ -245,21 +243,3 @@ def test_evaluate_records_bad_input_is_named(records, message):
 
 
 # ------------------------------------------------------- eval.json writes ---
-
-def test_write_json_atomic_writes_and_replaces(tmp_path):
-  path = tmp_path / 'eval.json'
-  evaluate.write_json_atomic(path, {'pass@1': 0.25})
-  evaluate.write_json_atomic(str(path), {'pass@1': 0.5, 'num_problems': 3})
-  assert json.loads(path.read_text()) == {'pass@1': 0.5, 'num_problems': 3}
-  assert os.listdir(tmp_path) == ['eval.json']  # No temporary file left.
-
-
-def test_write_json_atomic_failure_keeps_the_old_file(tmp_path):
-  path = tmp_path / 'eval.json'
-  evaluate.write_json_atomic(path, {'pass@1': 0.25})
-  with pytest.raises(ValueError):
-    evaluate.write_json_atomic(path, {'pass@1': float('nan')})
-  with pytest.raises(TypeError):
-    evaluate.write_json_atomic(path, {'pass@1': object()})
-  assert json.loads(path.read_text()) == {'pass@1': 0.25}
-  assert os.listdir(tmp_path) == ['eval.json']

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from tpt_jax import prune
+from tpt_jax import types
 from tpt_jax import verify
 
 REASONING = ('Natalia sold 48 clips in April and half as many in May, so '
@@ -13,7 +14,7 @@ REASONING = ('Natalia sold 48 clips in April and half as many in May, so '
 
 def _trace(problem_id='p1', sample_index=0, completion=REASONING + '#### 72',
            correct=True, num_tokens=None):
-  return prune.Trace(problem_id=problem_id, sample_index=sample_index,
+  return types.Trace(problem_id=problem_id, sample_index=sample_index,
                      prompt='Q: ...', completion=completion, correct=correct,
                      extracted_answer='72', num_tokens=num_tokens)
 
@@ -149,7 +150,7 @@ def test_strategies_accept_a_tuple_and_reject_unknown_names():
 
 
 def test_code_config_builds_sandbox_limits():
-  config = prune.default_config()
+  config = verify.default_config()
   config.code.timeout_s = 3.0
   limits = verify.sandbox_limits(config.code)
   assert limits.timeout_s == 3.0
@@ -160,7 +161,6 @@ def test_default_config_overrides_are_type_checked():
   config = prune.default_config()
   config.lock()
   config.strategies = 'none'
-  config.code.timeout_s = 3.0
   with pytest.raises(TypeError):
     config.max_per_problem = 'four'
   with pytest.raises(AttributeError):

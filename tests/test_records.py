@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import tensorflow_datasets as tfds
 
-from tpt_jax import prune
+from tpt_jax import types
 from tpt_jax import records
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -19,19 +19,19 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _traces():
   return [
-      prune.Trace(problem_id='gsm8k/train/1', sample_index=3,
+      types.Trace(problem_id='gsm8k/train/1', sample_index=3,
                   prompt='Question: 2+2?\nAnswer:', completion='2+2=4\n#### 4',
                   correct=True, extracted_answer='4', num_tokens=7,
                   question='2+2?', reference_answer='4', round=1,
                   sampler_settings='{"temperature": 0.7}',
                   checkpoint_id='ckpt/round_0'),
-      prune.Trace(problem_id='gsm8k/train/2', sample_index=0,
+      types.Trace(problem_id='gsm8k/train/2', sample_index=0,
                   prompt='Question: ünïcödé 🌍?', completion='',
                   correct=True, extracted_answer='', num_tokens=None,
                   question='ünïcödé 🌍?', reference_answer='-0.5',
                   round=1,
                   checkpoint_id='ckpt/round_0'),
-      prune.Trace(problem_id='mbpp/601', sample_index=11,
+      types.Trace(problem_id='mbpp/601', sample_index=11,
                   prompt='p' * 10_000, completion='def f():\n  return "\\x00"',
                   correct=True, extracted_answer='passed', num_tokens=0,
                   round=1),
@@ -86,7 +86,7 @@ def test_round_trip_with_as_data_source(written):
 
 def test_records_convert_back_to_traces(written):
   traces = [records.to_trace(r) for r in records.read_round(written)]
-  originals = [prune.Trace(**{**t.__dict__, 'correct': None})
+  originals = [types.Trace(**{**t.__dict__, 'correct': None})
                for t in _traces()]
   assert traces == originals
 
@@ -133,7 +133,7 @@ def test_empty_round_is_refused(tmp_path):
 
 
 def test_bad_trace_is_refused_before_writing(tmp_path):
-  bad = prune.Trace(problem_id='p', sample_index=0, prompt=None,
+  bad = types.Trace(problem_id='p', sample_index=0, prompt=None,
                     completion='x')
   with pytest.raises(TypeError, match='prompt must be a string'):
     records.write_round([bad], tmp_path / 'r')
@@ -165,11 +165,11 @@ def test_killed_write_leaves_no_dataset_and_keeps_the_old_one(tmp_path):
   script = textwrap.dedent(f'''
       import os, signal, sys
       sys.path.insert(0, {str(REPO_ROOT)!r})
-      from tpt_jax import prune, records
+      from tpt_jax import types, records
       def die(builder):
         os.kill(os.getpid(), signal.SIGKILL)
       records._add_array_record_copy = die
-      traces = [prune.Trace(problem_id=str(i), sample_index=i, prompt='p',
+      traces = [types.Trace(problem_id=str(i), sample_index=i, prompt='p',
                             completion='c') for i in range(50)]
       records.write_round(traces, {str(previous)!r}, overwrite=True)
   ''')

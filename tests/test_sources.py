@@ -29,8 +29,8 @@ def test_gsm8k_jsonl_splits():
   first = train[0]
   assert first.problem_id == 'gsm8k/train/0'
   assert first.question.startswith('Natalia sold clips')
-  assert first.reference_answer == '72'
-  assert first.reference_solution.endswith('#### 72')
+  assert first.answer == '72'
+  assert first.solution.endswith('#### 72')
   assert not first.is_code
   assert len({p.problem_id for p in train}) == len(train)
   assert test[-1].problem_id == 'gsm8k/test/1318'
@@ -130,7 +130,7 @@ def test_mbpp_standard_splits():
   first = sources.load_mbpp(MBPP, 'prompt')[0]
   assert first.is_code
   assert first.test_list[0].startswith('assert min_cost(')
-  assert 'def min_cost' in first.reference_answer
+  assert 'def min_cost' in first.answer
   with pytest.raises(ValueError, match='MBPP split'):
     sources.load_mbpp(MBPP, 'dev')
 
@@ -149,7 +149,7 @@ def test_humaneval_gzip_and_plain(tmp_path):
   assert first.problem_id == 'HumanEval/0'
   assert first.entry_point == 'has_close_elements'
   assert 'def check(candidate)' in first.test_code
-  assert first.reference_solution == first.question + first.reference_answer
+  assert first.solution == first.question + first.answer
   with gzip.open(HUMANEVAL, 'rt') as f:
     lines = [next(f) for _ in range(3)]
   plain = tmp_path / 'HumanEval.jsonl'

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from tpt_jax import config as config_lib
-from tpt_jax import prune
 from tpt_jax import tasks
+from tpt_jax import verify
 from tpt_jax.tasks import demo
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
@@ -272,11 +272,11 @@ def test_check_worked_lines_rejects_a_lucky_answer_only_when_asked(task):
   completions = ['9 + 5 = 14.\nThe answer is 14.',
                  '9 + 3 = 14.\nThe answer is 14.',  # Right answer, bad work.
                  '9 + 5 = 14.\nThe answer is 13.']
-  prune_config = prune.default_config()
-  assert task.verify_many(completions, [problem] * 3, prune_config) == [
+  verify_config = verify.default_config()
+  assert task.verify_many(completions, [problem] * 3, verify_config) == [
       (True, '14'), (True, '14'), (False, '13')]
-  prune_config.demo.check_worked_lines = True
-  assert task.verify_many(completions, [problem] * 3, prune_config) == [
+  verify_config.demo.check_worked_lines = True
+  assert task.verify_many(completions, [problem] * 3, verify_config) == [
       (True, '14'), (False, '14'), (False, '13')]
 
 

@@ -10,9 +10,9 @@ import re
 import pytest
 
 from tpt_jax import config as config_lib
-from tpt_jax import prune
 from tpt_jax import sources
 from tpt_jax import tasks
+from tpt_jax import verify
 from tpt_jax.tasks import gsm8k
 from tpt_jax.tasks import mbpp
 
@@ -26,8 +26,8 @@ def _config(name, **overrides):
   return config
 
 
-def _prune_config(**math):
-  config = prune.default_config()
+def _verify_config(**math):
+  config = verify.default_config()
   config.code.num_workers = 2
   config.math.update(math)
   return config
@@ -67,7 +67,7 @@ def test_verify_all_needs_one_problem_per_completion():
   problem = tasks.Problem('demo/test/0', 'How many?', '14', None)
   with pytest.raises(ValueError, match='2 completions but 1 problems'):
     tasks.verify_all(tasks.get_task('demo'), ['a', 'b'], [problem],
-                     _prune_config())
+                     _verify_config())
 
 
 def test_verify_all_uses_the_demo_verifier_and_its_settings():
@@ -76,10 +76,10 @@ def test_verify_all_uses_the_demo_verifier_and_its_settings():
   completions = ['The answer is 14.', 'The answer is 13.', '',
                  '7 + 7 = 14.\nThe answer is 14.']
   assert tasks.verify_all(task, completions, [problem] * 4,
-                          _prune_config()) == [
+                          _verify_config()) == [
                               (True, '14'), (False, '13'), (False, None),
                               (True, '14')]
-  checked = _prune_config()
+  checked = _verify_config()
   checked.demo.check_worked_lines = True
   assert tasks.verify_all(task, completions, [problem] * 4, checked) == [
       (False, '14'), (False, '13'), (False, None), (True, '14')]
@@ -113,10 +113,10 @@ def test_gsm8k_answers_are_canonical_numbers(gsm8k_problems):
   # GSM8K writes some answers with thousands separators ('#### 1,200').
   raw = sources.load_gsm8k(tasks.SHARED_DATA_DIR / 'gsm8k', 'train')
   with_comma = [(r, p) for r, p in zip(raw, gsm8k_problems['train'])
-                if ',' in r.reference_answer]
+                if ',' in r.answer]
   assert with_comma
   for reference, problem in with_comma:
-    assert problem.answer == reference.reference_answer.replace(',', '')
+    assert problem.answer == reference.answer.replace(',', '')
 
 
 def test_gsm8k_every_solution_verifies_and_a_perturbed_answer_fails(
@@ -124,14 +124,14 @@ def test_gsm8k_every_solution_verifies_and_a_perturbed_answer_fails(
   task = tasks.get_task('gsm8k')
   problems = gsm8k_problems['train'] + gsm8k_problems['test']
   solutions = [p.solution for p in problems]
-  assert tasks.verify_all(task, solutions, problems, _prune_config()) == [
+  assert tasks.verify_all(task, solutions, problems, _verify_config()) == [
       (True, p.answer) for p in problems]
   perturbed = []
   for problem in problems:
     wrong = str(int(problem.answer) + 1)
     perturbed.append(problem.solution.replace(
         f'The answer is {problem.answer}.', f'The answer is {wrong}.'))
-  results = tasks.verify_all(task, perturbed, problems, _prune_config())
+  results = tasks.verify_all(task, perturbed, problems, _verify_config())
   assert results == [(False, str(int(p.answer) + 1)) for p in problems]
 
 
@@ -139,9 +139,9 @@ def test_gsm8k_verify_many_honours_last_number_fallback():
   task = tasks.get_task('gsm8k')
   problem = tasks.Problem('gsm8k/test/x', 'How many?', '72', None)
   completion = 'She sold 48 + 24 = 72 clips.'
-  assert tasks.verify_all(task, [completion], [problem], _prune_config(
+  assert tasks.verify_all(task, [completion], [problem], _verify_config(
       last_number_fallback=True)) == [(True, '72')]
-  assert tasks.verify_all(task, [completion], [problem], _prune_config(
+  assert tasks.verify_all(task, [completion], [problem], _verify_config(
       last_number_fallback=False)) == [(False, None)]
   assert task.verify(completion, problem) == (True, '72')  # The default.
 
@@ -229,7 +229,7 @@ def test_gsm8k_reads_a_file_and_respects_on_malformed_line(tmp_path):
   config = _config('gsm8k', gsm8k_path=str(path))
   config.sources.on_malformed_line = 'skip'
   expected = [tasks.Problem('gsm8k/train/0', 'How many?', '2',
-                            'One 2 more.\nThe answer is 2.')]
+                            'One 2 more.\nThe answer is 2.', source='gsm8k')]
   assert task.load_problems('train', config) == expected
   # A final answer that is not a number is malformed too.
   not_a_number = {'question': 'Who?', 'answer': 'Ann.\n#### Ann'}
@@ -333,7 +333,7 @@ def test_mbpp_verify_runs_all_tests_in_the_sandbox(mbpp_problems):
       ('def get():\n  return 5\n', setup, (True, 'passed')),
   ]
   results = tasks.verify_all(task, [c[0] for c in cases],
-                             [c[1] for c in cases], _prune_config())
+                             [c[1] for c in cases], _verify_config())
   assert results == [c[2] for c in cases]
 
 

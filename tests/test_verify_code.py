@@ -189,7 +189,7 @@ def test_hash_seed_is_fixed():
 
 
 def test_all_humaneval_canonical_solutions_pass(verifier, humaneval):
-  tasks = [code_exec.task_for_problem(p, p.reference_answer)
+  tasks = [code_exec.task_for_problem(p, p.answer)
            for p in humaneval]
   verdicts = verifier.verify_many(tasks)
   failures = {p.problem_id: v for p, v in zip(humaneval, verdicts)
@@ -220,7 +220,7 @@ def {name}(*args, **kwargs):
 def test_a_broken_variant_of_each_humaneval_solution_fails(
     verifier, humaneval):
   tasks = [code_exec.task_for_problem(
-      p, p.reference_solution + _BREAK_SOLUTION.format(name=p.entry_point))
+      p, p.solution + _BREAK_SOLUTION.format(name=p.entry_point))
            for p in humaneval]
   verdicts = verifier.verify_many(tasks)
   passed = [p.problem_id for p, v in zip(humaneval, verdicts) if v.passed]
@@ -230,10 +230,10 @@ def test_a_broken_variant_of_each_humaneval_solution_fails(
 
 def test_humaneval_completion_may_be_body_or_whole_program(humaneval):
   problem = humaneval[0]
-  body = code_exec.task_for_problem(problem, problem.reference_answer)
-  whole = code_exec.task_for_problem(problem, problem.reference_solution)
+  body = code_exec.task_for_problem(problem, problem.answer)
+  whole = code_exec.task_for_problem(problem, problem.solution)
   fenced = code_exec.task_for_problem(
-      problem, 'Here:\n```python\n' + problem.reference_solution + '```\n')
+      problem, 'Here:\n```python\n' + problem.solution + '```\n')
   assert body.program == whole.program == fenced.program
 
 
@@ -244,7 +244,7 @@ def test_mbpp_reference_solutions(verifier):
   passing = [f'mbpp/{i}' for i in range(11, 31)]
   quirks = ['mbpp/341', 'mbpp/596', 'mbpp/642']
   tasks = [code_exec.task_for_problem(problems[i],
-                                      problems[i].reference_solution)
+                                      problems[i].solution)
            for i in passing + quirks]
   verdicts = dict(zip(passing + quirks, verifier.verify_many(tasks)))
   assert all(verdicts[i].passed for i in passing), verdicts

@@ -35,12 +35,12 @@ def gsm8k_train():
 def test_every_gsm8k_train_solution_verifies_against_its_answer(gsm8k_train):
   assert len(gsm8k_train) == 7473
   wrong = [p.problem_id for p in gsm8k_train
-           if not math_answers.verify_gsm8k(p.reference_solution,
-                                            p.reference_answer).correct]
+           if not math_answers.verify_gsm8k(p.solution,
+                                            p.answer).correct]
   assert not wrong
   # The reference may also be the full solution.
-  assert all(math_answers.verify_gsm8k(p.reference_solution,
-                                       p.reference_solution).correct
+  assert all(math_answers.verify_gsm8k(p.solution,
+                                       p.solution).correct
              for p in gsm8k_train[:500])
 
 
@@ -48,8 +48,8 @@ def test_every_gsm8k_train_solution_is_wrong_against_a_changed_answer(
     gsm8k_train):
   accepted = []
   for p in gsm8k_train:
-    changed = math_answers.parse_number(p.reference_answer) + 1
-    if math_answers.verify_gsm8k(p.reference_solution, str(changed)).correct:
+    changed = math_answers.parse_number(p.answer) + 1
+    if math_answers.verify_gsm8k(p.solution, str(changed)).correct:
       accepted.append(p.problem_id)
   assert not accepted
 

@@ -10,7 +10,10 @@ Each config file calls `base_config()` and states only what differs, e.g.
 The config is a locked `ml_collections.ConfigDict`: an unknown field or a value
 of the wrong type is refused by name, both in the file and in absl overrides
 (`--config.train.learning_rate=1e-5`). `validate()` then checks what types
-alone cannot (allowed values, shapes of the mesh, ...).
+alone cannot (allowed values, shapes of the mesh, ...). Each section's
+defaults live, with a comment per field, in its module's `default_config()`;
+this module imports them, and no stage module imports this one (they share
+`tpt_jax.config_fields`), so there is no import circle.
 
 Sections (one per stage, data flows think -> prune -> records -> train ->
 evaluate):
@@ -19,11 +22,12 @@ evaluate):
   checkpoint  where the starting weights come from.
   mesh        device mesh and multi-host set-up.
   task        which problems (gsm8k / mbpp / demo), where they live, prompts.
-  sampling    the Think stage.
-  prune       verifiers and pruning strategies.
-  train       the SFT stage.
-  eval        Pass@1 / pass@k / maj@k.
-  loop        rounds.
+  sampling    the Think stage (`tpt_jax.sampling`).
+  verify      how each task's verifier judges completions (`tpt_jax.verify`).
+  prune       pruning filters (`tpt_jax.prune`).
+  train       the SFT stage (`tpt_jax.train`).
+  eval        Pass@1 / pass@k / maj@k (`tpt_jax.evaluate`).
+  loop        TPT rounds (`tpt_jax.experiments.tpt`).
   sert        SERT mode (`mode='sert'`): zero-shot latent sampling, quality
               filters, self-training, then distillation from a teacher.
 """
@@ -32,24 +36,27 @@ from __future__ import annotations
 
 import ml_collections
 
+from tpt_jax import config_fields
+from tpt_jax import evaluate
+from tpt_jax import experiments
+from tpt_jax import models
+from tpt_jax import prune
+from tpt_jax import sampling
+from tpt_jax import sources
+from tpt_jax import tasks
+from tpt_jax import train
+from tpt_jax import verify
+from tpt_jax.experiments import sert_config
+from tpt_jax.experiments import tpt
 
-
-def optional(field_type: type):
-  """A field that defaults to None but is type-checked when overridden.
-
-  (A new placeholder each call: a shared one would link the fields.)
-  """
-  return ml_collections.config_dict.placeholder(field_type)
-
-MODEL_VARIANTS = ('gemma2_2b', 'gemma2_9b', 'gemma2_27b', 'gemma2_tiny',
-                  'gemma2_demo')
-DTYPES = ('bfloat16', 'float32', 'float16')
-CHECKPOINT_FORMATS = ('auto', 'orbax', 'safetensors', 'random')
+# Re-exported: config files and callers reach them through this module.
+ConfigError = config_fields.ConfigError
+optional = config_fields.optional
+DTYPES = config_fields.DTYPES
+CHECKPOINT_FORMATS = config_fields.CHECKPOINT_FORMATS
+MODEL_VARIANTS = models.MODEL_VARIANTS
+MODES = experiments.MODES
 MESH_AXES = ('data', 'fsdp', 'tensor')
-# 'tpt': the Think -> Prune -> Train rounds (`tpt_jax.loop`); 'sert':
-# self-training on zero-shot latent reasoning, then distillation
-# (`tpt_jax.sert`).
-MODES = ('tpt', 'sert')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -94,25 +101,20 @@ def base_config() -> ml_collections.ConfigDict:
   # (when the environment says this is one process of several:
   # JAX_COORDINATOR_ADDRESS, a multi-host TPU slice, a SLURM job).
   config.mesh.distributed = 'auto'
+  # Several processes: a process whose peer stops answering for this long
+  # exits (naming the lost process) instead of waiting forever.
+  config.mesh.heartbeat_timeout_s = 30
 
   # --- stage sections: each stage module owns its defaults ------------------
-  # (imported here, not at the top, so stage modules may use ConfigError.)
-  from tpt_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from tpt_jax import loop  # pylint: disable=g-import-not-at-top
-  from tpt_jax import prune  # pylint: disable=g-import-not-at-top
-  from tpt_jax import sampling  # pylint: disable=g-import-not-at-top
-  from tpt_jax import sert  # pylint: disable=g-import-not-at-top
-  from tpt_jax import sources  # pylint: disable=g-import-not-at-top
-  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
-  from tpt_jax import train  # pylint: disable=g-import-not-at-top
   config.task = tasks.default_config()
   config.task.sources = sources.default_config()
   config.sampling = sampling.default_config()
+  config.verify = verify.default_config()
   config.prune = prune.default_config()
   config.train = train.default_config()
   config.eval = evaluate.default_config()
-  config.loop = loop.default_config()
-  config.sert = sert.default_config()
+  config.loop = tpt.default_config()
+  config.sert = sert_config.default_config()
 
   return config
 
@@ -146,18 +148,12 @@ def set_gsm8k_tpt(config: ml_collections.ConfigDict) -> None:
   config.train.remat_policy = 'full'
 
 
-class ConfigError(ValueError):
-  """A config value that is not allowed; the message names the field."""
-
-
 def _check_choice(config: ml_collections.ConfigDict, field: str,
                   choices: tuple[str, ...]) -> None:
   value = config
   for part in field.split('.'):
     value = value[part]
-  if value not in choices:
-    raise ConfigError(
-        f'config.{field}={value!r} is not one of {", ".join(choices)}.')
+  config_fields.check_choice(value, field, choices)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -178,16 +174,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'config.mesh.shape={shape}: sizes must be positive, with at most one '
         '-1 to take the remaining devices.')
   _check_choice(config, 'mesh.distributed', ('auto', 'on', 'off'))
-  from tpt_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from tpt_jax import loop  # pylint: disable=g-import-not-at-top
-  from tpt_jax import prune  # pylint: disable=g-import-not-at-top
-  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
   tasks.validate_config(config.task)
-  loop.validate_config(config)
+  tpt.validate_config(config)
+  try:
+    sampling.SamplingSettings.from_config(config.sampling, seed=0)
+  except ValueError as e:
+    raise ConfigError(f'config.sampling.{e}') from e
+  try:
+    # The device count is checked again at start-up, on the real mesh.
+    train.validate_config(config, num_devices=1)
+  except ConfigError:
+    raise
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   try:
     prune.parse_strategies(config.prune.strategies)
   except ValueError as e:
     raise ConfigError(str(e)) from e
   if config.mode == 'sert':
-    from tpt_jax import sert  # pylint: disable=g-import-not-at-top
-    sert.validate_config(config)
+    sert_config.validate_config(config)

@@ -18,10 +18,7 @@ Everything here is pure Python + numpy: no model, no tokenizer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import operator
-import os
-import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
@@ -327,43 +324,3 @@ def evaluate_records(records: Sequence[ProblemRecord],
       pass_at_1=pass_at_1_greedy(greedy) if greedy else None,
       pass_at_k=pass_at_k_means,
       maj_at_k=maj_at_k_means)
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-  """Writes `obj` as JSON so that readers see the old file or the new one.
-
-  The text goes to a temporary file in the same directory, is flushed to
-  disk, and then renamed over `path` (atomic on POSIX). A crash leaves at most
-  a stray temporary file, never a truncated `path`. NaN and infinity are
-  refused, as they are not JSON.
-  """
-  path = os.fspath(path)
-  directory = os.path.dirname(path) or '.'
-  text = json.dumps(obj, indent=2, allow_nan=False) + '\n'
-  fd, tmp_path = tempfile.mkstemp(
-      dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
-  _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-  """Makes the rename durable (best effort: not every OS allows it)."""
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)

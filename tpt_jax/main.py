@@ -5,15 +5,14 @@ r"""The tpt_jax program: `python -m tpt_jax.main --config=configs/x.py`.
 
 Parses and validates the config (an unknown field or a value of the wrong
 type is refused by name), prints the resolved config, then runs (or resumes)
-in --workdir what `config.mode` names: the Think -> Prune -> Train -> Evaluate
-rounds ('tpt', `tpt_jax.loop`) or SERT's self-training and distillation
-stages ('sert', `tpt_jax.sert`).
+in --workdir what `config.mode` names (`tpt_jax.experiments`): the Think ->
+Prune -> Train -> Evaluate rounds ('tpt', `experiments/tpt.py`) or SERT's
+self-training and distillation stages ('sert', `experiments/sert.py`).
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 import sys
 
 from absl import app
@@ -23,6 +22,9 @@ from absl import logging
 from ml_collections import config_flags
 
 from tpt_jax import config as config_lib
+from tpt_jax import experiments
+from tpt_jax import sharding
+from tpt_jax import sources
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path of an ml_collections config file (configs/*.py).',
@@ -45,8 +47,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = message.replace('\\n', ' ').replace('\n', ' ').replace(
         "\\'", "'")
     bad = [a for a in argv[1:] if a.startswith('--config.')]
-    print(f'Unknown config field in {" ".join(bad)}: {message}',
-          file=sys.stderr)
+    if 'get_config' in message:
+      config_file = next((a.split('=', 1)[1] for a in argv[1:]
+                          if a.startswith('--config=')), '?')
+      print(f'Config file {config_file} defines no get_config(); a config '
+            'file is a Python module whose get_config() returns the config '
+            '(see configs/tiny.py).', file=sys.stderr)
+    else:
+      print(f'Unknown config field in {" ".join(bad)}: {message}',
+            file=sys.stderr)
   except flags.Error as e:
     print(f'Invalid flag: {e}', file=sys.stderr)
   sys.exit(2)
@@ -62,17 +71,23 @@ def resolve_config(config, workdir: str | None):
 
 def run(config) -> None:
   """Runs what `config.mode` names (resuming its workdir)."""
-  # pylint: disable=g-import-not-at-top
-  if config.mode == 'sert':
-    from tpt_jax import sert as runner
-  else:
-    from tpt_jax import loop as runner
-  # pylint: enable=g-import-not-at-top
   try:
-    runner.run(config)
+    experiments.get(config.mode).run(config)
   except config_lib.ConfigError as e:
-    print(f'Invalid config: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(f'Invalid config: {e}')
+  except sources.MalformedInputError as e:
+    _fail(f'Bad input data: {e}')
+  except FileNotFoundError as e:
+    _fail(f'Missing input: {e}')
+
+
+def _fail(message: str) -> None:
+  """A user-facing error: one message, exit 2; the traceback only when
+  --verbosity asks for debug logs (>= 1)."""
+  if flags.FLAGS['verbosity'].present and flags.FLAGS.verbosity >= 1:
+    logging.exception(message)
+  print(message, file=sys.stderr)
+  sys.exit(2)
 
 
 def main(argv):
@@ -83,19 +98,27 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if _CONFIG.value is None:
-    raise app.UsageError('--config=configs/<name>.py is required.')
   try:
-    config = resolve_config(_CONFIG.value, _WORKDIR.value)
+    loaded = _CONFIG.value
+    if loaded is None:
+      raise app.UsageError('--config=configs/<name>.py is required.')
+    config = resolve_config(loaded, _WORKDIR.value)
+  except OSError as e:
+    # config_flags defers a load failure (e.g. no such file) to first use.
+    reason = [line.strip() for line in str(e).split('\n') if line.strip()]
+    _fail(f'Cannot load --config: {reason[-1] if reason else e}')
   except config_lib.ConfigError as e:
-    print(f'Invalid config: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(f'Invalid config: {e}')
   print('Resolved config:\n' + json.dumps(config.to_dict(), indent=2,
                                           default=str), flush=True)
   if _DRY_RUN.value:
     return
-  if config.workdir:
-    pathlib.Path(config.workdir).mkdir(parents=True, exist_ok=True)
+  try:
+    # Before anything touches a backend: jax.distributed needs it so.
+    sharding.maybe_initialize_distributed(config.mesh)
+  except sharding.DistributedError as e:
+    print(f'Cannot start: {e}', file=sys.stderr)
+    sys.exit(2)
   run(config)
 
 

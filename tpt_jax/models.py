@@ -27,6 +27,8 @@ AttentionType = gm.nn.AttentionType
 DEFAULT_TOY_VOCAB_SIZE = 512
 # Variants small enough to train from scratch (tests, the CPU demo).
 TOY_VARIANTS = ('gemma2_tiny', 'gemma2_demo')
+# Every `config.model.variant`: the gemma library's Gemma2 sizes, then toys.
+MODEL_VARIANTS = ('gemma2_2b', 'gemma2_9b', 'gemma2_27b', *TOY_VARIANTS)
 
 
 def _library_config(variant: str) -> TransformerConfig:

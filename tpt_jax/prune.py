@@ -5,6 +5,8 @@ A pipeline is a sequence of filters chosen by `config.prune.strategies`
 removes traces and the pipeline reports how many per filter:
 
   correct           keep traces the verifier proved correct (the default).
+  first_correct     per problem, only the first correct trace (lowest
+                    sample index): the TPT authors' released recipe.
   none              keep everything (the paper's no-pruning ablation).
   dedup             drop repeats of a trace of the same problem (same text up
                     to whitespace); the lowest sample index survives.
@@ -30,43 +32,8 @@ import re
 
 import ml_collections
 
-STRATEGIES = ('correct', 'none', 'dedup', 'max_per_problem', 'length',
-              'repetition', 'no_reasoning', 'short_reasoning')
-
-
-@dataclasses.dataclass(frozen=True)
-class Trace:
-  """One sampled completion of one problem, with its verdict.
-
-  Attributes:
-    problem_id: the problem's stable id (sources.Problem.problem_id).
-    sample_index: which of the problem's samples this is (0-based).
-    prompt: the exact text the model was given.
-    completion: the model's output.
-    correct: the verifier's verdict; None when not verified.
-    extracted_answer: the answer the verifier read ('' if none); for code, the
-      verdict's status.
-    num_tokens: completion length in tokens, if known.
-    question: the problem text.
-    reference_answer: the reference the verdict was taken against.
-    round: the TPT round that sampled it.
-    sampler_settings: JSON of the sampling settings (temperature, ...).
-    checkpoint_id: the checkpoint that produced it.
-    verdict_reason: why the verdict is negative ('' when correct).
-  """
-  problem_id: str
-  sample_index: int
-  prompt: str
-  completion: str
-  correct: bool | None = None
-  extracted_answer: str = ''
-  num_tokens: int | None = None
-  question: str = ''
-  reference_answer: str = ''
-  round: int = 0
-  sampler_settings: str = '{}'
-  checkpoint_id: str = ''
-  verdict_reason: str = ''
+from tpt_jax import config_fields
+from tpt_jax.types import Trace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +48,7 @@ class PruneResult:
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Defaults of `config.prune`: filters and verifier settings."""
+  """Defaults of `config.prune`: the filters and their parameters."""
   config = ml_collections.ConfigDict()
   # Filters, comma-separated, applied in order; names from STRATEGIES.
   config.strategies = 'correct'
@@ -101,25 +68,6 @@ def default_config() -> ml_collections.ConfigDict:
   # short_reasoning: words needed outside the answer statements.
   config.min_reasoning_words = 10
 
-  config.math = ml_collections.ConfigDict()
-  # GSM8K: without an answer marker, take the completion's last number.
-  config.math.last_number_fallback = True
-  # MATH-style: time limit of one sympy equivalence check.
-  config.math.sympy_timeout_s = 2.0
-
-  config.demo = ml_collections.ConfigDict()
-  # The demo task: a right answer also needs its worked lines to derive it
-  # (see tasks.demo.worked_lines_hold); applies to pruning and evaluation.
-  config.demo.check_worked_lines = False
-
-  config.code = ml_collections.ConfigDict()
-  config.code.timeout_s = 10.0  # Wall clock per program.
-  config.code.cpu_time_s = 10  # CPU seconds per process.
-  config.code.memory_mb = 1024  # Address space per process.
-  config.code.max_output_bytes = 1 << 20  # stdout/stderr/any file written.
-  config.code.max_processes = 32  # Processes + threads per sandbox.
-  config.code.workdir_mb = 64  # Size of its working directory (root only).
-  config.code.num_workers = 0  # Sandboxes run at once; 0 = one per core.
   return config
 
 
@@ -129,6 +77,16 @@ def default_config() -> ml_collections.ConfigDict:
 def keep_correct(traces: Sequence[Trace]) -> list[Trace]:
   """Traces whose verdict is correct (unverified ones are removed)."""
   return [t for t in traces if t.correct is True]
+
+
+def first_correct(traces: Sequence[Trace]) -> list[Trace]:
+  """Per problem, the correct trace with the lowest sample index (the TPT
+  authors' released recipe: one trace per solved problem)."""
+  kept: dict[str, Trace] = {}
+  for trace in traces:
+    if trace.correct and trace.problem_id not in kept:
+      kept[trace.problem_id] = trace
+  return [t for t in traces if kept.get(t.problem_id) is t]
 
 
 def keep_all(traces: Sequence[Trace]) -> list[Trace]:
@@ -244,43 +202,68 @@ class Filter:
   apply: Callable[[Sequence[Trace]], list[Trace]]
 
 
+FilterFn = Callable[[Sequence[Trace]], list[Trace]]
+
+
+def _max_per_problem(config: ml_collections.ConfigDict) -> FilterFn:
+  limit = int(config.max_per_problem)
+  if limit < 1:
+    raise config_fields.ConfigError(
+        f'config.prune.max_per_problem={limit} must be >= 1.')
+  return lambda traces: max_per_problem(traces, limit)
+
+
+def _length(config: ml_collections.ConfigDict) -> FilterFn:
+  bounds = {key: int(config[key]) for key in
+            ('min_tokens', 'max_tokens', 'min_chars', 'max_chars')}
+  for key, value in bounds.items():
+    if value < 0:
+      raise config_fields.ConfigError(
+          f'config.prune.{key}={value} must be >= 0.')
+  return lambda traces: within_length(traces, **bounds)
+
+
+def _repetition(config: ml_collections.ConfigDict) -> FilterFn:
+  ngram_size = int(config.repetition_ngram_size)
+  max_fraction = float(config.repetition_max_fraction)
+  min_ngrams = int(config.repetition_min_ngrams)
+  if ngram_size < 1 or not 0.0 <= max_fraction <= 1.0:
+    raise config_fields.ConfigError(
+        'config.prune.repetition_ngram_size must be >= 1 and '
+        'config.prune.repetition_max_fraction in [0, 1].')
+  return lambda traces: not_repetitive(
+      traces, ngram_size=ngram_size, max_fraction=max_fraction,
+      min_ngrams=min_ngrams)
+
+
+def _short_reasoning(config: ml_collections.ConfigDict) -> FilterFn:
+  min_words = int(config.min_reasoning_words)
+  return lambda traces: enough_reasoning(traces, min_words)
+
+
+# The registry: a filter's name -> a factory taking `config.prune` and
+# returning the filter. A new filter is one entry here (and its function).
+FILTERS: Mapping[str, Callable[[ml_collections.ConfigDict], FilterFn]] = {
+    'correct': lambda config: keep_correct,
+    'none': lambda config: keep_all,
+    'first_correct': lambda config: first_correct,
+    'dedup': lambda config: dedup,
+    'max_per_problem': _max_per_problem,
+    'length': _length,
+    'repetition': _repetition,
+    'no_reasoning': lambda config: has_reasoning,
+    'short_reasoning': _short_reasoning,
+}
+STRATEGIES = tuple(FILTERS)
+
+
 def _filter(name: str, config: ml_collections.ConfigDict) -> Filter:
   """The filter called `name`, with its parameters from `config`."""
-  if name == 'correct':
-    return Filter(name, keep_correct)
-  if name == 'none':
-    return Filter(name, keep_all)
-  if name == 'dedup':
-    return Filter(name, dedup)
-  if name == 'max_per_problem':
-    limit = int(config.max_per_problem)
-    if limit < 1:
-      raise ValueError(f'config.prune.max_per_problem={limit} must be >= 1.')
-    return Filter(name, lambda traces: max_per_problem(traces, limit))
-  if name == 'length':
-    bounds = {key: int(config[key]) for key in
-              ('min_tokens', 'max_tokens', 'min_chars', 'max_chars')}
-    for key, value in bounds.items():
-      if value < 0:
-        raise ValueError(f'config.prune.{key}={value} must be >= 0.')
-    return Filter(name, lambda traces: within_length(traces, **bounds))
-  if name == 'repetition':
-    ngram_size = int(config.repetition_ngram_size)
-    max_fraction = float(config.repetition_max_fraction)
-    min_ngrams = int(config.repetition_min_ngrams)
-    if ngram_size < 1 or not 0.0 <= max_fraction <= 1.0:
-      raise ValueError('config.prune.repetition_ngram_size must be >= 1 and '
-                       'repetition_max_fraction in [0, 1].')
-    return Filter(name, lambda traces: not_repetitive(
-        traces, ngram_size=ngram_size, max_fraction=max_fraction,
-        min_ngrams=min_ngrams))
-  if name == 'no_reasoning':
-    return Filter(name, has_reasoning)
-  if name == 'short_reasoning':
-    min_words = int(config.min_reasoning_words)
-    return Filter(name, lambda traces: enough_reasoning(traces, min_words))
-  raise ValueError(f'Unknown pruning strategy {name!r}; choose from '
-                   f'{", ".join(STRATEGIES)}.')
+  if name not in FILTERS:
+    raise config_fields.ConfigError(
+        f'Unknown pruning strategy {name!r}; choose from '
+        f'{", ".join(STRATEGIES)}.')
+  return Filter(name, FILTERS[name](config))
 
 
 def parse_strategies(strategies: str | Sequence[str]) -> tuple[str, ...]:

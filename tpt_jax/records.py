@@ -34,12 +34,12 @@ import uuid
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tpt_jax import prune
+from tpt_jax.types import Trace
 
 DATASET_NAME = 'tpt_round'
 VERSION = '1.0.0'
 DEFAULT_SPLIT = 'train'
-# Text features, in the order of prune.Trace where they come from.
+# Text features, in the order of Trace where they come from.
 TEXT_FEATURES = ('problem_id', 'question', 'prompt', 'completion',
                  'reference_answer', 'extracted_answer', 'sampler_settings',
                  'checkpoint_id')
@@ -68,7 +68,7 @@ class _RoundBuilder(tfds.dataset_builders.AdhocBuilder,
   code_path = None
 
 
-def _as_example(trace: prune.Trace, overrides: Mapping[str, Any]
+def _as_example(trace: Trace, overrides: Mapping[str, Any]
                 ) -> dict[str, Any]:
   values = {
       'problem_id': trace.problem_id,
@@ -105,7 +105,7 @@ def _sampler_settings_text(settings: str | Mapping[str, Any]) -> str:
   return json.dumps(dict(settings), sort_keys=True)
 
 
-def _keyed_examples(traces: Sequence[prune.Trace],
+def _keyed_examples(traces: Sequence[Trace],
                     overrides: Mapping[str, Any]
                     ) -> Iterator[tuple[str, dict[str, Any]]]:
   for index, trace in enumerate(traces):
@@ -133,7 +133,7 @@ def _add_array_record_copy(builder: tfds.core.DatasetBuilder) -> None:
   info.write_to_directory(data_dir)
 
 
-def write_round(traces: Sequence[prune.Trace],
+def write_round(traces: Sequence[Trace],
                 directory: str | os.PathLike[str],
                 *,
                 round_index: int | None = None,
@@ -226,7 +226,7 @@ def read_round(directory: str | os.PathLike[str],
                split: str = DEFAULT_SPLIT) -> list[dict[str, Any]]:
   """The records of a round as python dicts (str and int values), in order.
 
-  Keys are the fields of `prune.Trace` that records keep; `num_tokens` is None
+  Keys are the fields of `Trace` that records keep; `num_tokens` is None
   when it was not known.
   """
   if not is_round_dataset(directory):
@@ -244,7 +244,7 @@ def read_round(directory: str | os.PathLike[str],
   return records
 
 
-def to_trace(record: Mapping[str, Any]) -> prune.Trace:
-  """A `prune.Trace` from a `read_round` record (verdicts are not stored)."""
-  return prune.Trace(**{name: record[name] for name in
+def to_trace(record: Mapping[str, Any]) -> Trace:
+  """A `Trace` from a `read_round` record (verdicts are not stored)."""
+  return Trace(**{name: record[name] for name in
                         (*TEXT_FEATURES, *INT_FEATURES)})

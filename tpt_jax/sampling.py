@@ -48,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import typing
 from typing import Any, Iterator, Sequence
 
 from absl import logging
@@ -556,6 +557,26 @@ def _decode(params: models.Params, state: _DecodeState,
 Prompt = str | Sequence[int]
 
 
+@typing.runtime_checkable
+class Engine(typing.Protocol):
+  """The Think stage's seam: what a run needs from a sampling engine.
+
+  An engine samples `settings.num_samples_per_problem` traces per prompt; a
+  trace depends only on (settings.seed, problem id, sample index), the model
+  and the settings. `Sampler` (below) is the static-batching engine.
+  """
+
+  def with_params(self, params: models.Params) -> Engine:
+    """An engine for new params of the same model, reusing compiled
+    programs."""
+
+  def sample_all(self, prompts: Sequence[Prompt], settings: SamplingSettings,
+                 *, problem_ids: Sequence[int | str] | None = None,
+                 chat_template: bool = False, show_progress: bool = True
+                 ) -> list[SampleResult]:
+    """Every trace, ordered by (problem_index, sample_index)."""
+
+
 class Sampler:
   """Samples traces from one model with one set of params.
 
@@ -585,8 +606,8 @@ class Sampler:
           transpose_gating_einsum=model.config.transpose_gating_einsum))
     self._params = params
     self._shardings = _Shardings(mesh)
-    self._row_multiple = 1 if mesh is None else int(np.prod(
-        [mesh.shape[a] for a in sharding_lib.LOGICAL_AXIS_RULES['batch']]))
+    self._row_multiple = (1 if mesh is None else
+                          sharding_lib.num_batch_devices(mesh))
     self._programs: dict[_ProgramSpec, tuple[Any, Any]] = {}
     self._stop_tables: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
     self._token_bytes: list[bytes] | None = None
@@ -795,7 +816,7 @@ class Sampler:
     return decode(self._params, state, constants, sampling_params)
 
   def _to_host(self, x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
+    if not x.is_fully_addressable:
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 

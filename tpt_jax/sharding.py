@@ -87,29 +87,110 @@ CACHE_LOGICAL_AXES: Mapping[str, tuple[str | None, ...]] = {
 }
 
 
-def maybe_initialize_distributed(mesh_config: ml_collections.ConfigDict
-                                 ) -> None:
+# Environment variables that make this one process of several. Explicit:
+# all three JAX_* together; detected: a multi-host TPU slice, a SLURM job.
+COORDINATOR_ENV = 'JAX_COORDINATOR_ADDRESS'
+NUM_PROCESSES_ENV = 'JAX_NUM_PROCESSES'
+PROCESS_ID_ENV = 'JAX_PROCESS_ID'
+
+
+class DistributedError(RuntimeError):
+  """The multi-process set-up cannot start; the message says what to set."""
+
+
+def _cluster_in_environment(env: Mapping[str, str]) -> str | None:
+  """What in `env` says this is one process of several (None: nothing)."""
+  if env.get(COORDINATOR_ENV):
+    return COORDINATOR_ENV
+  if len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1:
+    return 'TPU_WORKER_HOSTNAMES (a multi-host TPU slice)'
+  if int(env.get('SLURM_NTASKS', '1') or 1) > 1:
+    return 'SLURM_NTASKS (a SLURM job of several tasks)'
+  return None
+
+
+def distributed_arguments(env: Mapping[str, str]) -> dict[str, Any]:
+  """`jax.distributed.initialize` keyword arguments from explicit env vars
+  (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); empty when
+  they are not set (jax then detects TPU slices and SLURM itself)."""
+  if not env.get(COORDINATOR_ENV):
+    return {}
+  arguments: dict[str, Any] = {'coordinator_address': env[COORDINATOR_ENV]}
+  for name, key in ((NUM_PROCESSES_ENV, 'num_processes'),
+                    (PROCESS_ID_ENV, 'process_id')):
+    value = env.get(name)
+    if value is None:
+      continue
+    try:
+      arguments[key] = int(value)
+    except ValueError:
+      raise DistributedError(
+          f'{name}={value!r} must be an integer.') from None
+  if ('num_processes' in arguments) != ('process_id' in arguments):
+    raise DistributedError(
+        f'{COORDINATOR_ENV} is set: set both {NUM_PROCESSES_ENV} and '
+        f'{PROCESS_ID_ENV} (or neither, on a platform jax detects).')
+  if 'process_id' in arguments and not (
+      0 <= arguments['process_id'] < arguments['num_processes']):
+    raise DistributedError(
+        f'{PROCESS_ID_ENV}={arguments["process_id"]} must lie in [0, '
+        f'{NUM_PROCESSES_ENV}={arguments["num_processes"]}).')
+  return arguments
+
+
+def maybe_initialize_distributed(mesh_config: ml_collections.ConfigDict,
+                                 env: Mapping[str, str] | None = None
+                                 ) -> bool:
   """Calls `jax.distributed.initialize()` when the config or env asks for it.
 
-  `config.mesh.distributed`: 'on' always, 'off' never, 'auto' when the
-  environment names a coordinator (JAX_COORDINATOR_ADDRESS), a SLURM job of
-  several tasks, or a multi-host TPU slice (TPU_WORKER_HOSTNAMES with more
-  than one host).
+  Must run before anything touches a JAX backend (`tpt_jax.main` calls it
+  first). `config.mesh.distributed`: 'on' always (an error when no cluster
+  is found), 'off' never, 'auto' when the environment names a coordinator
+  (JAX_COORDINATOR_ADDRESS, with JAX_NUM_PROCESSES and JAX_PROCESS_ID), a
+  SLURM job of several tasks, or a multi-host TPU slice. A process that
+  loses a peer stops after `config.mesh.heartbeat_timeout_s`.
+
+  Returns:
+    Whether this is one process of several.
   """
+  env = os.environ if env is None else env
   mode = mesh_config.distributed
   if mode == 'off':
-    return
-  if mode == 'auto':
-    env = os.environ
-    multi_host_tpu = len(env.get('TPU_WORKER_HOSTNAMES', '').split(',')) > 1
-    slurm = int(env.get('SLURM_NTASKS', '1') or 1) > 1
-    if not (env.get('JAX_COORDINATOR_ADDRESS') or multi_host_tpu or slurm):
-      return
+    return False
+  found = _cluster_in_environment(env)
+  if mode == 'auto' and found is None:
+    return False
   if jax.distributed.is_initialized():
-    return
-  jax.distributed.initialize()
+    return True
+  arguments = distributed_arguments(env)
+  try:
+    jax.distributed.initialize(
+        heartbeat_timeout_seconds=int(mesh_config.heartbeat_timeout_s),
+        **arguments)
+  except (RuntimeError, ValueError) as e:
+    if found is None:
+      raise DistributedError(
+          "config.mesh.distributed='on' but no cluster was found: set "
+          f'{COORDINATOR_ENV}, {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV}, or '
+          "run on a multi-host TPU slice or in a SLURM job; use 'auto' to "
+          f'run alone ({e}).') from e
+    raise DistributedError(
+        f'jax.distributed.initialize failed ({found}): {e}') from e
   logging.info('jax.distributed: process %d of %d, %d global devices.',
                jax.process_index(), jax.process_count(), jax.device_count())
+  return jax.process_count() > 1
+
+
+def make_local_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
+  """The mesh over this process's own devices (`config.mesh.shape`, its -1
+  taking what is left here): where each host samples on its own."""
+  try:
+    return make_mesh(mesh_config, jax.local_devices())
+  except ValueError as e:
+    raise ValueError(
+        f'{e} Each host samples on its own {jax.local_device_count()} '
+        'devices: config.mesh.shape must fit them too (use -1 for fsdp).'
+    ) from None
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int
@@ -226,6 +307,12 @@ def param_shardings(abstract_params: Any, mesh: Mesh, *,
                       transpose_gating_einsum=transpose_gating_einsum)
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
                       is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def num_batch_devices(mesh: Mesh) -> int:
+  """How many ways the batch dimension is split: the product of the mesh
+  axes the 'batch' logical axis maps to."""
+  return int(np.prod([mesh.shape[a] for a in LOGICAL_AXIS_RULES['batch']]))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -25,6 +25,8 @@ from typing import Any
 
 import ml_collections
 
+from tpt_jax.types import Problem
+
 ON_ERROR_CHOICES = ('raise', 'skip')
 
 # MBPP's standard splits, by task id (inclusive ranges), as in the paper and
@@ -38,41 +40,6 @@ MBPP_SPLITS: Mapping[str, tuple[int, int]] = {
 
 # Locations of malformed lines listed in a skip warning; the count is complete.
 _MAX_LOCATIONS_IN_WARNING = 10
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-  """One problem with a checkable answer.
-
-  Attributes:
-    problem_id: stable id, e.g. 'gsm8k/train/17', 'mbpp/601', 'HumanEval/0'.
-    question: what the model is asked (for HumanEval: the function prompt).
-    reference_answer: the final answer a completion must match (GSM8K: the
-      number after '####'); for code problems the reference solution's code.
-    reference_solution: the full worked solution (GSM8K: the whole answer
-      text); for code problems the complete reference program.
-    test_list: code problems: Python statements (MBPP asserts), each run after
-      the candidate program; all must pass.
-    test_code: code problems: Python run after the candidate (HumanEval: it
-      defines `check(candidate)`).
-    entry_point: HumanEval: the function passed to `check`.
-    test_setup_code: MBPP: Python run before the tests (usually empty).
-    source: which data set the problem came from.
-  """
-  problem_id: str
-  question: str
-  reference_answer: str
-  reference_solution: str = ''
-  test_list: tuple[str, ...] = ()
-  test_code: str = ''
-  entry_point: str = ''
-  test_setup_code: str = ''
-  source: str = ''
-
-  @property
-  def is_code(self) -> bool:
-    """Whether the answer is checked by running tests."""
-    return bool(self.test_list or self.test_code)
 
 
 class MalformedInputError(ValueError):
@@ -197,8 +164,8 @@ def _gsm8k_problem(record: Mapping[str, Any], split: str,
   return Problem(
       problem_id=f'gsm8k/{split}/{index}',
       question=question,
-      reference_answer=gsm8k_final_answer(solution),
-      reference_solution=solution,
+      answer=gsm8k_final_answer(solution),
+      solution=solution,
       source='gsm8k',
   )
 
@@ -261,8 +228,8 @@ def _mbpp_problem(record: Mapping[str, Any],
   return Problem(
       problem_id=f'mbpp/{task_id}',
       question=_string_field(record, 'text'),
-      reference_answer=code,
-      reference_solution=code,
+      answer=code,
+      solution=code,
       test_list=_string_list_field(record, 'test_list'),
       test_setup_code=str(record.get('test_setup_code') or ''),
       source='mbpp',
@@ -303,8 +270,8 @@ def _humaneval_problem(record: Mapping[str, Any]) -> Problem:
   return Problem(
       problem_id=_string_field(record, 'task_id'),
       question=prompt,
-      reference_answer=solution,
-      reference_solution=prompt + solution,
+      answer=solution,
+      solution=prompt + solution,
       test_code=_string_field(record, 'test'),
       entry_point=entry_point,
       source='humaneval',

@@ -590,13 +590,22 @@ def _init_lora_adapters(rng: jax.Array, abstract_adapters: Params) -> Params:
 
 
 def make_trainer(config: ml_collections.ConfigDict, *, num_steps: int,
-                 mesh: Mesh | None = None) -> Trainer:
-  """Builds model, optimizer, shardings and the jitted step from `config`."""
+                 mesh: Mesh | None = None,
+                 model: models.Model | None = None) -> Trainer:
+  """Builds model, optimizer, shardings and the jitted step from `config`.
+
+  Args:
+    config: the full config.
+    num_steps: optimizer steps (for the schedule).
+    mesh: default `sharding.make_mesh(config.mesh)`.
+    model: the model to train; default `models.build_model(config.model)`.
+      Pass the loaded one when its architecture came from a checkpoint (a
+      Hugging Face `config.json`).
+  """
   mesh = mesh or sharding_lib.make_mesh(config.mesh)
-  batch_devices = mesh.shape['data'] * mesh.shape['fsdp']
-  validate_config(config, batch_devices)
+  validate_config(config, sharding_lib.num_batch_devices(mesh))
   train_config = config.train
-  base_model = models.build_model(config.model)
+  base_model = model or models.build_model(config.model)
   model = training_model(base_model, train_config)
   optimizer, schedule = optim.make_optimizer(train_config, num_steps)
   transpose = bool(base_model.config.transpose_gating_einsum)
@@ -863,6 +872,7 @@ def train(config: ml_collections.ConfigDict,
           init_params: Params | None = None,
           mesh: Mesh | None = None,
           step_callback: Callable[[int, Metrics], None] | None = None,
+          model: models.Model | None = None,
           ) -> TrainResult:
   """Fine-tunes on `sources`, resuming from `{workdir}/checkpoints` if any.
 
@@ -878,6 +888,8 @@ def train(config: ml_collections.ConfigDict,
     mesh: default: `sharding.make_mesh(config.mesh)`.
     step_callback: called as `(step, metrics)` for every step, in order, when
       its metrics are fetched (every `log_every` steps).
+    model: the model trained (see `make_trainer`); default built from
+      `config.model`.
 
   Returns:
     The final params, where they were saved, and the metrics history.
@@ -893,7 +905,8 @@ def train(config: ml_collections.ConfigDict,
       sources, tokenizer, train_config=train_config,
       chat_template=config.tokenizer.chat_template, seed=config.seed)
   total_steps = num_train_steps(train_config, pipeline)
-  trainer = make_trainer(config, num_steps=total_steps, mesh=mesh)
+  trainer = make_trainer(config, num_steps=total_steps, mesh=mesh,
+                         model=model)
   frozen = trainer.put_frozen(init_params)
 
   manager = checkpoint_manager(workdir / CHECKPOINT_DIR, train_config)

@@ -14,15 +14,16 @@ verification (`verify_all`), the location of the shared data files and the
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import pathlib
 import pkgutil
+import random
 from typing import Protocol, Sequence, runtime_checkable
 
 import ml_collections
 
-from tpt_jax import config as config_lib
+from tpt_jax import config_fields
+from tpt_jax.types import Problem
 
 SPLITS = ('train', 'test')
 PROMPT_STYLES = ('zero_shot', 'zero_shot_cot', 'few_shot')
@@ -34,36 +35,15 @@ SHARED_DATA_DIR = (
     pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data')
 
 
-@dataclasses.dataclass(frozen=True)
-class Problem:
-  """One problem with a known final answer (or, for code, tests).
-
-  Attributes:
-    problem_id: stable, unique within the task and split, e.g. 'demo/train/3'.
-    question: the problem statement shown to the model.
-    answer: the reference final answer, as a string (e.g. '14'); for code
-      tasks the reference program.
-    solution: a worked solution ending in the answer, when known (few-shot
-      exemplars and warm-up data need one); for code tasks the reference
-      program.
-    test_list: code tasks: Python statements (MBPP asserts) run after the
-      candidate program; all must pass.
-    test_setup_code: code tasks: Python run before the tests.
-  """
-  problem_id: str
-  question: str
-  answer: str
-  solution: str | None = None
-  test_list: tuple[str, ...] = ()
-  test_setup_code: str = ''
-
-
 @runtime_checkable
 class Task(Protocol):
-  """What the loop needs from a task.
+  """What a run needs from a task: the seam every task plugs into.
 
-  A task may also define `verify_many(completions, problems, prune_config)`,
-  a batched `verify` that honours `config.prune` (see `verify_all`).
+  Besides problems, prompts and verdicts, a task gives the texts to build a
+  toy tokenizer from (`corpus`) and worked examples for the warm-up
+  fine-tune (`warmup_examples`); `tasks.worked_examples` and
+  `tasks.solutions_corpus` implement both for any task whose train problems
+  carry worked solutions.
   """
 
   name: str
@@ -76,7 +56,15 @@ class Task(Protocol):
 
   def verify(self, completion: str,
              problem: Problem) -> tuple[bool, str | None]:
-    """(whether `completion` is correct, the answer extracted from it)."""
+    """(whether `completion` is correct, the answer extracted from it), with
+    the verifier's default settings."""
+
+  def verify_many(self, completions: Sequence[str],
+                  problems: Sequence[Problem],
+                  verify_config: ml_collections.ConfigDict
+                  ) -> list[tuple[bool, str | None]]:
+    """`verify` of each pair, honouring `config.verify` (may run in
+    parallel)."""
 
   def format_prompt(self, problem: Problem, style: str,
                     exemplars: Sequence[Problem] = ()) -> str:
@@ -84,6 +72,16 @@ class Task(Protocol):
 
   def normalize_answer(self, answer: str) -> str:
     """The canonical form of an extracted answer, for majority voting."""
+
+  def corpus(self, config: ml_collections.ConfigDict) -> list[str]:
+    """Texts (never test problems) to train a toy tokenizer on."""
+
+  def warmup_examples(self, num_examples: int, seed: int,
+                      config: ml_collections.ConfigDict, *, style: str,
+                      exemplars: Sequence[Problem] = ()
+                      ) -> list[tuple[str, str]]:
+    """`num_examples` (prompt, worked completion) pairs from the train split
+    (never test), for the warm-up fine-tune before round 0."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -113,8 +111,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.prompt_style = 'zero_shot'
   config.num_few_shot = 0
   # Local data files of the real tasks (None until those tasks are used).
-  config.gsm8k_path = config_lib.optional(str)
-  config.mbpp_path = config_lib.optional(str)
+  config.gsm8k_path = config_fields.optional(str)
+  config.mbpp_path = config_fields.optional(str)
   return config
 
 
@@ -124,19 +122,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Checks what every task shares; a task checks its own fields when loading.
   """
   if config.name not in task_names():
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.name={config.name!r} is not a known task; known tasks: '
         f'{", ".join(task_names())}.')
   if config.prompt_style not in PROMPT_STYLES:
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.prompt_style={config.prompt_style!r} is not one of '
         f'{", ".join(PROMPT_STYLES)}.')
   if config.num_few_shot < 0:
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.num_few_shot={config.num_few_shot} must not be '
         'negative.')
   if (config.prompt_style == 'few_shot') != (config.num_few_shot > 0):
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.num_few_shot={config.num_few_shot} does not fit '
         f'config.task.prompt_style={config.prompt_style!r}: exemplars are used '
         "with 'few_shot' only, and 'few_shot' needs at least one.")
@@ -164,19 +162,15 @@ def get_task(name: str) -> Task:
 
 def verify_all(task: Task, completions: Sequence[str],
                problems: Sequence[Problem],
-               prune_config: ml_collections.ConfigDict
+               verify_config: ml_collections.ConfigDict
                ) -> list[tuple[bool, str | None]]:
   """(correct, extracted answer) of each completion against its problem.
-
-  Uses the task's `verify_many` when it has one (it honours the verifier
-  settings of `prune_config`, i.e. `config.prune`, and may run in parallel),
-  else `task.verify` one by one.
 
   Args:
     task: the task.
     completions: model outputs, one per problem.
     problems: `problems[i]` is the problem `completions[i]` answers.
-    prune_config: `config.prune`.
+    verify_config: `config.verify`.
 
   Returns:
     One (correct, extracted answer) pair per completion, in order.
@@ -185,16 +179,43 @@ def verify_all(task: Task, completions: Sequence[str],
     raise ValueError(
         f'verify_all got {len(completions)} completions but {len(problems)} '
         'problems; they must pair up one to one.')
-  verify_many = getattr(task, 'verify_many', None)
-  if verify_many is not None:
-    results = list(verify_many(completions, problems, prune_config))
-    if len(results) != len(completions):
-      raise RuntimeError(
-          f'Task {task.name!r} verify_many returned {len(results)} verdicts '
-          f'for {len(completions)} completions.')
-    return results
-  return [task.verify(completion, problem)
-          for completion, problem in zip(completions, problems)]
+  results = list(task.verify_many(completions, problems, verify_config))
+  if len(results) != len(completions):
+    raise RuntimeError(
+        f'Task {task.name!r} verify_many returned {len(results)} verdicts '
+        f'for {len(completions)} completions.')
+  return results
+
+
+def solutions_corpus(task: Task, config: ml_collections.ConfigDict
+                     ) -> list[str]:
+  """A tokenizer corpus from the train split: prompts and worked solutions."""
+  texts = []
+  for problem in task.load_problems('train', config):
+    texts.append(task.format_prompt(problem, 'zero_shot_cot'))
+    if problem.solution:
+      texts.append(problem.solution)
+  return texts
+
+
+def worked_examples(task: Task, num_examples: int, seed: int,
+                    config: ml_collections.ConfigDict, *, style: str,
+                    exemplars: Sequence[Problem] = ()
+                    ) -> list[tuple[str, str]]:
+  """A seeded draw of `num_examples` train problems with worked solutions,
+  as (prompt, solution) pairs; exemplars are never drawn."""
+  exemplar_ids = {e.problem_id for e in exemplars}
+  candidates = [p for p in task.load_problems('train', config)
+                if p.solution and p.problem_id not in exemplar_ids]
+  if len(candidates) < num_examples:
+    raise config_fields.ConfigError(
+        f'config.loop.warmup.num_examples={num_examples} but task '
+        f'{task.name!r} has only {len(candidates)} train problems with worked '
+        'solutions.')
+  chosen = sorted(random.Random(seed).sample(range(len(candidates)),
+                                             num_examples))
+  return [(task.format_prompt(candidates[i], style, exemplars),
+           candidates[i].solution) for i in chosen]
 
 
 def data_path(config: ml_collections.ConfigDict, field: str,
@@ -217,13 +238,13 @@ def data_path(config: ml_collections.ConfigDict, field: str,
   if value is None:
     default = SHARED_DATA_DIR / default_name
     if not default.exists():
-      raise config_lib.ConfigError(
+      raise config_fields.ConfigError(
           f'config.task.{field} is not set and the default {default} does not '
           f'exist; set config.task.{field} to the data.')
     return default
   path = pathlib.Path(value).expanduser()
   if not path.exists():
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.{field}={value!r} does not exist.')
   return path
 

@@ -20,7 +20,7 @@ for every seed. So no test computation appears in any seed's train split,
 even reworded.
 
 The verifier reads the first 'The answer is N' strictly (no fallback to the
-last number) and compares integers exactly. With `config.prune.demo.
+last number) and compares integers exactly. With `config.verify.demo.
 check_worked_lines` it also requires the lines before it to be a derivation
 (each a true equation starting from the previous line's result, N the last
 result), so a right answer reached by wrong working, which a weak model
@@ -37,7 +37,7 @@ from typing import Sequence
 
 import ml_collections
 
-from tpt_jax import config as config_lib
+from tpt_jax import config_fields
 from tpt_jax import tasks
 
 NAME = 'demo'
@@ -214,21 +214,21 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first demo field that is not allowed."""
   for field in ('num_train_problems', 'num_test_problems', 'min_steps'):
     if config[field] < 1:
-      raise config_lib.ConfigError(
+      raise config_fields.ConfigError(
           f'config.task.{field}={config[field]} must be at least 1.')
   if config.max_steps < config.min_steps:
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.max_steps={config.max_steps} is less than '
         f'config.task.min_steps={config.min_steps}.')
   if config.max_operand < 2:
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.max_operand={config.max_operand} must be at least 2.')
   if config.max_value < 2:
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.max_value={config.max_value} must be at least 2.')
   operations(config)
   if config.wording not in WORDINGS:
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.wording={config.wording!r} is not one of '
         f'{", ".join(WORDINGS)}.')
 
@@ -272,7 +272,7 @@ def operations(config: ml_collections.ConfigDict) -> tuple[str, ...]:
                 if kind.strip())
   unknown = [kind for kind in kinds if kind not in STEP_KINDS]
   if unknown or not kinds:
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.operations={config.operations!r}: name one or more of '
         f'{", ".join(STEP_KINDS)}.')
   return kinds
@@ -435,11 +435,11 @@ class DemoTask:
 
   def verify_many(self, completions: Sequence[str],
                   problems: Sequence[tasks.Problem],
-                  prune_config: ml_collections.ConfigDict
+                  verify_config: ml_collections.ConfigDict
                   ) -> list[tuple[bool, str | None]]:
-    """`verify` of each pair; with `prune_config.demo.check_worked_lines`
+    """`verify` of each pair; with `verify_config.demo.check_worked_lines`
     a correct answer also needs `worked_lines_hold`."""
-    check_lines = bool(prune_config.demo.check_worked_lines)
+    check_lines = bool(verify_config.demo.check_worked_lines)
     verdicts = []
     for completion, problem in zip(completions, problems, strict=True):
       correct, extracted = self.verify(completion, problem)
@@ -461,6 +461,18 @@ class DemoTask:
       raise ValueError(
           f'answer={answer!r} is not an integer answer of the demo task.'
       ) from None
+
+  def corpus(self, config: ml_collections.ConfigDict) -> list[str]:
+    """See the module function `corpus` (seeded by `config.seed`)."""
+    return corpus(config.seed, config=config)
+
+  def warmup_examples(self, num_examples: int, seed: int,
+                      config: ml_collections.ConfigDict, *, style: str,
+                      exemplars: Sequence[tasks.Problem] = ()
+                      ) -> list[tuple[str, str]]:
+    """See the module function `warmup_examples`."""
+    return warmup_examples(num_examples, seed, config=config, style=style,
+                           exemplars=exemplars)
 
 
 TASK = DemoTask()

@@ -14,7 +14,7 @@ model learns one plain answer format; `Problem.answer` is N in canonical form
 The verifier is `verify.verify_gsm8k` on the completion up to any next
 'Question:' (text a sampler without a stop string makes up): it reads
 `The answer is N` (and `#### N`, `\\boxed{N}`, `Answer: N`), falling back to
-the last number when `config.prune.math.last_number_fallback`.
+the last number when `config.verify.math.last_number_fallback`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Sequence
 
 import ml_collections
 
-from tpt_jax import config as config_lib
-from tpt_jax import prune
+from tpt_jax import config_fields
+from tpt_jax import verify as verify_lib
 from tpt_jax import sources
 from tpt_jax import tasks
 from tpt_jax.verify import math_answers
@@ -36,9 +36,9 @@ from tpt_jax.verify import math_answers
 NAME = 'gsm8k'
 _TFDS = 'tfds'
 _CALCULATOR_ANNOTATION = re.compile(r'<<[^<>\n]*>>')
-# `verify` without a config uses config.prune's default.
+# `verify` without a config uses config.verify's default.
 _DEFAULT_LAST_NUMBER_FALLBACK = bool(
-    prune.default_config().math.last_number_fallback)
+    verify_lib.default_config().math.last_number_fallback)
 
 
 def _canonical_number(text: str) -> str | None:
@@ -62,20 +62,19 @@ def reformat_solution(solution: str, answer: str) -> str:
   return f'{steps}\n{final}' if steps else final
 
 
-def _to_problem(problem: sources.Problem) -> tasks.Problem:
-  answer = _canonical_number(problem.reference_answer)
+def _to_problem(problem: tasks.Problem) -> tasks.Problem:
+  """The source record with a canonical answer and a reformatted solution."""
+  answer = _canonical_number(problem.answer)
   if answer is None:
     raise sources.MalformedInputError(
-        f'{problem.problem_id}: final answer {problem.reference_answer!r} is '
+        f'{problem.problem_id}: final answer {problem.answer!r} is '
         'not a number.')
-  return tasks.Problem(
-      problem_id=problem.problem_id,
-      question=problem.question,
-      answer=answer,
-      solution=reformat_solution(problem.reference_solution, answer))
+  return dataclasses.replace(
+      problem, answer=answer,
+      solution=reformat_solution(problem.solution, answer))
 
 
-def _convert(problems: Sequence[sources.Problem],
+def _convert(problems: Sequence[tasks.Problem],
              on_error: str) -> list[tasks.Problem]:
   """`_to_problem` of each; a bad one is raised or skipped as `on_error` says.
   """
@@ -91,7 +90,7 @@ def _convert(problems: Sequence[sources.Problem],
 
 
 def _load(split: str, config: ml_collections.ConfigDict
-          ) -> list[sources.Problem]:
+          ) -> list[tasks.Problem]:
   """sources.load_gsm8k on what `config.task.gsm8k_path` names."""
   spec = config.get('gsm8k_path')
   on_error = tasks.on_malformed_line(config)
@@ -101,7 +100,7 @@ def _load(split: str, config: ml_collections.ConfigDict
                               tfds_data_dir=data_dir)
   path = tasks.data_path(config, 'gsm8k_path', NAME)
   if path.is_dir() and not (path / f'{split}.jsonl').is_file():
-    raise config_lib.ConfigError(
+    raise config_fields.ConfigError(
         f'config.task.gsm8k_path={str(path)!r} is a directory without '
         f'{split}.jsonl.')
   return sources.load_gsm8k(path, split, on_error=on_error)
@@ -131,10 +130,10 @@ class Gsm8kTask:
 
   def verify_many(self, completions: Sequence[str],
                   problems: Sequence[tasks.Problem],
-                  prune_config: ml_collections.ConfigDict
+                  verify_config: ml_collections.ConfigDict
                   ) -> list[tuple[bool, str | None]]:
-    """`verify` of each pair, honouring `prune_config.math`."""
-    fallback = bool(prune_config.math.last_number_fallback)
+    """`verify` of each pair, honouring `verify_config.math`."""
+    fallback = bool(verify_config.math.last_number_fallback)
     return [self._verify(completion, problem, last_number_fallback=fallback)
             for completion, problem in zip(completions, problems, strict=True)]
 
@@ -160,6 +159,18 @@ class Gsm8kTask:
     if canonical is None:
       raise ValueError(f'answer={answer!r} is not a number.')
     return canonical
+
+  def corpus(self, config: ml_collections.ConfigDict) -> list[str]:
+    """Train prompts and their worked solutions."""
+    return tasks.solutions_corpus(self, config)
+
+  def warmup_examples(self, num_examples: int, seed: int,
+                      config: ml_collections.ConfigDict, *, style: str,
+                      exemplars: Sequence[tasks.Problem] = ()
+                      ) -> list[tuple[str, str]]:
+    """A seeded draw of train problems with their reference solutions."""
+    return tasks.worked_examples(self, num_examples, seed, config,
+                                 style=style, exemplars=exemplars)
 
 
 TASK = Gsm8kTask()

@@ -38,8 +38,7 @@ from typing import Sequence
 
 import ml_collections
 
-from tpt_jax import config as config_lib
-from tpt_jax import prune
+from tpt_jax import config_fields
 from tpt_jax import sources
 from tpt_jax import tasks
 from tpt_jax import verify as verify_lib
@@ -52,12 +51,12 @@ PROMPT_SPLIT = 'prompt'
 _SPLITS = (*tasks.SPLITS, PROMPT_SPLIT)
 
 
-def _to_problem(problem: sources.Problem) -> tasks.Problem:
+def _to_problem(problem: tasks.Problem) -> tasks.Problem:
   if not problem.test_list:
     raise sources.MalformedInputError(
         f'{problem.problem_id}: test_list is empty; nothing to verify with.')
   # '\n' line ends (Python reads a lone '\r' as one too), no trailing blank.
-  code = problem.reference_solution.replace('\r\n', '\n').replace(
+  code = problem.solution.replace('\r\n', '\n').replace(
       '\r', '\n').rstrip()
   return tasks.Problem(
       problem_id=problem.problem_id,
@@ -65,7 +64,8 @@ def _to_problem(problem: sources.Problem) -> tasks.Problem:
       answer=code,
       solution=code,
       test_list=tuple(problem.test_list),
-      test_setup_code=problem.test_setup_code)
+      test_setup_code=problem.test_setup_code,
+      source=problem.source)
 
 
 def _mbpp_file(config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -74,7 +74,7 @@ def _mbpp_file(config: ml_collections.ConfigDict) -> pathlib.Path:
   if path.is_dir():
     path = path / FILE_NAME
     if not path.is_file():
-      raise config_lib.ConfigError(
+      raise config_fields.ConfigError(
           f'config.task.mbpp_path={str(path.parent)!r} is a directory without '
           f'{FILE_NAME}.')
   return path
@@ -137,23 +137,23 @@ class MbppTask:
              problem: tasks.Problem) -> tuple[bool, str | None]:
     """(whether the program passes all tests, the verdict's status).
 
-    Runs one sandbox with `config.prune.code`'s default limits.
+    Runs one sandbox with `config.verify.code`'s default limits.
     """
-    return self.verify_many([completion], [problem], prune.default_config())[0]
+    return self.verify_many([completion], [problem], verify_lib.default_config())[0]
 
   def verify_many(self, completions: Sequence[str],
                   problems: Sequence[tasks.Problem],
-                  prune_config: ml_collections.ConfigDict
+                  verify_config: ml_collections.ConfigDict
                   ) -> list[tuple[bool, str | None]]:
-    """`verify` of each pair, in parallel sandboxes set by `prune_config.code`.
+    """`verify` of each pair, in parallel sandboxes set by `verify_config.code`.
     """
     code_tasks = [_code_task(completion, problem) for completion, problem
                   in zip(completions, problems, strict=True)]
     if not code_tasks:
       return []
     with verify_lib.CodeVerifier(
-        verify_lib.sandbox_limits(prune_config.code),
-        int(prune_config.code.num_workers)) as verifier:
+        verify_lib.sandbox_limits(verify_config.code),
+        int(verify_config.code.num_workers)) as verifier:
       verdicts = verifier.verify_many(code_tasks)
     return [(verdict.passed, verdict.status) for verdict in verdicts]
 
@@ -169,6 +169,18 @@ class MbppTask:
     if not isinstance(answer, str):
       raise ValueError(f'answer={answer!r} is not a string.')
     return answer
+
+  def corpus(self, config: ml_collections.ConfigDict) -> list[str]:
+    """Train prompts and their worked solutions."""
+    return tasks.solutions_corpus(self, config)
+
+  def warmup_examples(self, num_examples: int, seed: int,
+                      config: ml_collections.ConfigDict, *, style: str,
+                      exemplars: Sequence[tasks.Problem] = ()
+                      ) -> list[tuple[str, str]]:
+    """A seeded draw of train problems with their reference solutions."""
+    return tasks.worked_examples(self, num_examples, seed, config,
+                                 style=style, exemplars=exemplars)
 
 
 TASK = MbppTask()

@@ -39,12 +39,41 @@ __all__ = [
     'STATUS_PASSED', 'STATUS_TIMEOUT', 'STATUSES', 'task_for_problem',
     'extract_answer', 'MathVerdict', 'parse_number', 'verify_gsm8k',
     'answers_equivalent', 'normalize_latex', 'SympyChecker', 'verify_math',
-    'sandbox_limits',
+    'sandbox_limits', 'default_config',
 ]
 
 
+def default_config() -> ml_collections.ConfigDict:
+  """`config.verify`: how each task's verifier judges a completion.
+
+  The same settings judge training traces (Think) and test completions
+  (Evaluate), so a round's data and its score agree.
+  """
+  config = ml_collections.ConfigDict()
+  config.math = ml_collections.ConfigDict()
+  # GSM8K: without an answer marker, take the completion's last number.
+  config.math.last_number_fallback = True
+  # MATH-style: time limit of one sympy equivalence check.
+  config.math.sympy_timeout_s = 2.0
+
+  config.demo = ml_collections.ConfigDict()
+  # The demo task: a right answer also needs its worked lines to derive it
+  # (see tasks.demo.worked_lines_hold); applies to pruning and evaluation.
+  config.demo.check_worked_lines = False
+
+  config.code = ml_collections.ConfigDict()
+  config.code.timeout_s = 10.0  # Wall clock per program.
+  config.code.cpu_time_s = 10  # CPU seconds per process.
+  config.code.memory_mb = 1024  # Address space per process.
+  config.code.max_output_bytes = 1 << 20  # stdout/stderr/any file written.
+  config.code.max_processes = 32  # Processes + threads per sandbox.
+  config.code.workdir_mb = 64  # Size of its working directory (root only).
+  config.code.num_workers = 0  # Sandboxes run at once; 0 = one per core.
+  return config
+
+
 def sandbox_limits(code_config: ml_collections.ConfigDict) -> SandboxLimits:
-  """`SandboxLimits` from `config.prune.code` (see prune.default_config)."""
+  """`SandboxLimits` from `config.verify.code` (see default_config)."""
   return SandboxLimits(
       timeout_s=float(code_config.timeout_s),
       cpu_time_s=int(code_config.cpu_time_s),

@@ -1,4 +1,4 @@
-"""The TPT loop: outputs of every round, resume after SIGKILL, config checks.
+"""TPT (`experiments.tpt`): outputs of every round, resume after SIGKILL, config checks.
 
 The runs are subprocesses of `python -m tpt_jax.main` (as a user runs it) on
 a tiny config; the killed runs use the loop's fault-injection points, which
@@ -12,7 +12,7 @@ import pathlib
 import pytest
 
 from tpt_jax import config as config_lib
-from tpt_jax import loop
+from tpt_jax.experiments import tpt
 from tpt_jax import records
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -132,26 +132,6 @@ def test_a_changed_config_of_a_started_workdir_is_refused(
   assert (workdir / 'summary.json').read_text() == before
 
 
-def test_config_differences_ignore_progress_fields_only():
-  saved = {'sampling': {'temperature': 1.0, 'show_progress': True},
-           'workdir': '/a', 'loop': {'num_rounds': 3}}
-  now = {'sampling': {'temperature': 1.0, 'show_progress': False},
-         'workdir': '/b', 'loop': {'num_rounds': 5}}
-  assert loop.config_differences(saved, now) == []
-  now['sampling']['temperature'] = 0.7
-  now['extra'] = 1
-  assert loop.config_differences(saved, now) == [
-      "config.extra: '<absent>' in the workdir, 1 now",
-      'config.sampling.temperature: 1.0 in the workdir, 0.7 now']
-
-
-def test_derived_seeds_differ_by_round_and_stage_and_are_stable():
-  seeds = {loop.derived_seed(0, r, s) for r in range(4) for s in range(4)}
-  assert len(seeds) == 16
-  assert loop.derived_seed(3, 2, 1) == loop.derived_seed(3, 2, 1)
-  assert all(0 <= s < 2**31 for s in seeds)
-
-
 @pytest.mark.parametrize('field, value, message', [
     ('loop.policy', 'sideways', 'config.loop.policy'),
     ('loop.num_rounds', -1, 'config.loop.num_rounds'),
@@ -195,7 +175,7 @@ def test_real_tasks_run_through_the_loop(task_name, tmp_path):
   config.train.num_steps = 1
   config.train.progress_bar = False
   config_lib.validate(config)
-  summary = loop.run(config, workdir=tmp_path / 'run')
+  summary = tpt.run(config, workdir=tmp_path / 'run')
   assert [entry['round'] for entry in summary['rounds']] == [0, 1]
   kept = records.read_round(tmp_path / 'run' / 'round_1' / 'dataset')
   assert len(kept) == 4 * 2

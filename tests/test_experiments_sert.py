@@ -18,11 +18,14 @@ import pytest
 
 from tpt_jax import checkpoints
 from tpt_jax import config as config_lib
-from tpt_jax import loop
+from tpt_jax import stages
+from tpt_jax import workdir as workdir_lib
 from tpt_jax import models
-from tpt_jax import prune
 from tpt_jax import records
-from tpt_jax import sert
+from tpt_jax import types
+from tpt_jax.experiments import sert
+from tpt_jax.experiments import sert_config
+from tpt_jax.experiments import teacher_traces
 from tpt_jax import sharding
 from tpt_jax import tasks
 from tpt_jax import tokenizer as tokenizer_lib
@@ -39,7 +42,7 @@ _REASONING = ('Natalia sold 48 clips in April. In May she sold half as many, '
 
 
 def _trace(sample_index, completion, correct=True, problem_id='gsm8k/train/0'):
-  return prune.Trace(problem_id=problem_id, sample_index=sample_index,
+  return types.Trace(problem_id=problem_id, sample_index=sample_index,
                      prompt='Question: ...\nAnswer:\n', completion=completion,
                      correct=correct, extracted_answer='72')
 
@@ -70,7 +73,7 @@ def test_sert_filters_keep_reasoning_and_drop_answer_only_zero_shot_paths():
       _trace(7, _REASONING.replace('\n', ' \n ')),
       _trace(0, _REASONING, problem_id='gsm8k/train/1'),
   ]
-  result = sert.prune_pipeline(_sert_config())(traces)
+  result = sert_config.prune_pipeline(_sert_config())(traces)
   assert result.removed == {'correct': 1, 'repetition': 1, 'no_reasoning': 2,
                             'short_reasoning': 2, 'dedup': 1,
                             'max_per_problem': 0}
@@ -82,7 +85,7 @@ def test_sert_filters_follow_config_prune_thresholds():
   config = _sert_config()
   config.prune.min_reasoning_words = 3
   short = _trace(4, '48 + 24 = 72.\nThe answer is 72.')
-  assert sert.prune_pipeline(config)([short]).kept == [short]
+  assert sert_config.prune_pipeline(config)([short]).kept == [short]
 
 
 # --- config checks -----------------------------------------------------------
@@ -122,7 +125,7 @@ def test_a_library_teacher_needs_its_checkpoint():
   config_lib.validate(config)  # Config files leave the path to the user.
   with pytest.raises(config_lib.ConfigError,
                      match='config.sert.teacher.checkpoint_path'):
-    sert.check_teacher_weights(config)
+    sert_config.check_teacher_weights(config)
 
 
 # --- teacher traces ----------------------------------------------------------
@@ -148,7 +151,7 @@ def ctx(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('sert_ctx')
   config = _tiny_config(workdir)
   task = tasks.get_task('demo')
-  return loop.Context(
+  return stages.RunContext(
       config=config, workdir=workdir, mesh=None, model=None,
       tokenizer=tokenizer_lib.train_sentencepiece(
           demo.corpus(config.task.seed, config=config.task),
@@ -175,7 +178,7 @@ def test_read_teacher_jsonl_matches_problems_by_id_or_question(ctx, tmp_path):
       {'problem_id': p2.problem_id, 'completion': 'x', 'sample_index': 5},
       {'problem_id': 'demo/test/0', 'completion': 'not a train problem'},
   ])
-  traces, unmatched = sert.read_teacher_traces(path, ctx.train_problems)
+  traces, unmatched = teacher_traces.read_teacher_traces(path, ctx.train_problems)
   assert unmatched == 1
   assert [(t['problem_id'], t['sample_index']) for t in traces] == [
       (p0.problem_id, 0), (p0.problem_id, 1), (p1.problem_id, 0),
@@ -199,8 +202,8 @@ def test_read_teacher_jsonl_matches_problems_by_id_or_question(ctx, tmp_path):
 def test_malformed_teacher_jsonl_names_file_line_and_field(
     ctx, tmp_path, rows, line, message):
   path = _write_jsonl(tmp_path / 'bad.jsonl', rows)
-  with pytest.raises(sert.TeacherTracesError) as error:
-    sert.read_teacher_traces(path, ctx.train_problems)
+  with pytest.raises(teacher_traces.TeacherTracesError) as error:
+    teacher_traces.read_teacher_traces(path, ctx.train_problems)
   assert f'{path}:{line}: ' in str(error.value)
   assert message in str(error.value)
 
@@ -208,8 +211,8 @@ def test_malformed_teacher_jsonl_names_file_line_and_field(
 def test_teacher_traces_naming_no_train_problem_are_an_error(ctx, tmp_path):
   path = _write_jsonl(tmp_path / 'other.jsonl',
                       [{'problem_id': '17', 'completion': 'a'}])
-  with pytest.raises(sert.TeacherTracesError, match="e.g. 'demo/train/0'"):
-    sert.read_teacher_traces(path, ctx.train_problems)
+  with pytest.raises(teacher_traces.TeacherTracesError, match="e.g. 'demo/train/0'"):
+    teacher_traces.read_teacher_traces(path, ctx.train_problems)
 
 
 def test_distillation_data_from_a_teacher_jsonl_is_verified_and_pruned(
@@ -227,7 +230,7 @@ def test_distillation_data_from_a_teacher_jsonl_is_verified_and_pruned(
   config.sert.teacher.traces_path = str(path)
   traces_ctx = dataclasses.replace(ctx, config=config,
                                    workdir=tmp_path / 'run')
-  report = sert.teacher_traces(traces_ctx, {})
+  report = sert.teacher_traces(traces_ctx, workdir_lib.Timings(tmp_path))
   assert report['num_traces'] == 6 and report['num_correct'] == 5
   assert report['removed']['correct'] == 1
   assert report['removed']['no_reasoning'] == 1
@@ -241,9 +244,9 @@ def test_distillation_data_from_a_teacher_jsonl_is_verified_and_pruned(
   assert kept[0]['completion'] == problems[0].solution
   # A rerun reads the finished report, not the file.
   path.write_text('{broken')
-  assert sert.teacher_traces(traces_ctx, {}) == report
+  assert sert.teacher_traces(traces_ctx, workdir_lib.Timings(tmp_path)) == report
   # The same traces as a round dataset directory.
-  again, unmatched = sert.read_teacher_traces(dataset, problems)
+  again, unmatched = teacher_traces.read_teacher_traces(dataset, problems)
   assert unmatched == 0 and [t['completion'] for t in again] == [
       p.solution for p in problems[:4]]
 
@@ -347,7 +350,7 @@ def test_a_sert_run_writes_every_stage_and_a_valid_summary(
   assert records.is_round_dataset(self_training / 'round_1' / 'dataset')
   assert (self_training / 'summary.json').exists()
   # Self-training sampled SERT's many zero-shot paths per problem.
-  think = loop.read_json(self_training / 'round_1' / 'think' /
+  think = workdir_lib.read_json(self_training / 'round_1' / 'think' /
                          'shard_00000.json')['records']
   assert {r['sample_index'] for r in think} == {0, 1}
   teacher = workdir / 'teacher'
@@ -363,15 +366,15 @@ def test_a_sert_run_writes_every_stage_and_a_valid_summary(
   for stage in stages.values():
     assert 0.0 <= stage['metrics']['pass@1'] <= 1.0
   filters = ['repetition', 'no_reasoning', 'short_reasoning', 'dedup']
-  prune_report = loop.read_json(self_training / 'round_1' / 'prune.json')
+  prune_report = workdir_lib.read_json(self_training / 'round_1' / 'prune.json')
   assert stages['self_training']['filters']['removed'] == {
       name: prune_report['removed'][name] for name in filters}
   assert stages['self_training']['filters']['num_traces'] == 8 * 2
-  teacher_report = loop.read_json(teacher / 'round_1' / 'prune.json')
+  teacher_report = workdir_lib.read_json(teacher / 'round_1' / 'prune.json')
   assert stages['distillation']['filters']['num_kept'] == (
       teacher_report['num_kept'])
   assert list(stages['distillation']['filters']['removed']) == filters
-  assert stages['student']['metrics'] == loop.read_json(
+  assert stages['student']['metrics'] == workdir_lib.read_json(
       self_training / 'round_0' / 'eval.json')['metrics']
   assert (workdir / 'sert_summary.png').stat().st_size > 1000
   assert 'self_training+distillation' in result.stdout
