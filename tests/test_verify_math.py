@@ -6,6 +6,7 @@ import pathlib
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -155,6 +156,26 @@ def test_gsm8k_verifier_never_raises_on_garbage():
     assert isinstance(verdict.correct, bool)
 
 
+@pytest.mark.parametrize('hostile', [
+    'Let me compute \\frac{' + ' ' * 20_000,  # was cubic: 3,000 took 26 s
+    '#### 5' + ' ' * 20_000 + '9x',
+    '#### $' + ' ' * 20_000 + 'x',
+    'The answer is ' + '\\(' * 10_000,
+    '\\boxed{1.' + '0' * 20_000 + 'x}',
+    'so 1' + ',111' * 5_000 + 'x',
+    '1 ' * 10_000,
+    '#### ' * 5_000 + '5',
+    '\\frac{' * 5_000,
+    '**' + ' #### **\n' * 3_000,
+    '<<' + 'x' * 20_000,
+])
+def test_gsm8k_verifier_is_fast_on_hostile_input(hostile):
+  start = time.perf_counter()
+  verdict = math_answers.verify_gsm8k(hostile, '3')
+  assert time.perf_counter() - start < 1.0
+  assert isinstance(verdict.correct, bool)
+
+
 # --- MATH-style --------------------------------------------------------------
 
 
@@ -211,6 +232,25 @@ def test_math_extraction_from_nested_boxed_and_final_answer(checker):
   minerva = 'Final Answer: The final answer is $\\frac{3}{4}$. I hope it is.'
   assert math_latex.verify_math(minerva, 'Thus \\boxed{0.75}.').correct
   assert not math_latex.verify_math('no answer here', '1').correct
+
+
+def test_sympy_time_limit_is_the_configured_one_on_every_call():
+  slow = '\\boxed{10^{10^{10^{10}}}}'
+  with math_latex.SympyChecker(timeout_s=1.0) as checker:
+    assert checker.start(wait=True)  # Start-up is not part of any call.
+    durations = []
+    for _ in range(3):
+      start = time.perf_counter()
+      verdict = math_latex.verify_math(slow, '1', checker=checker)
+      durations.append(time.perf_counter() - start)
+      assert not verdict.correct
+    # The worker that overran is replaced by a spare started in the
+    # background, so the 2nd and 3rd calls take the limit, not the limit
+    # plus a sympy start-up (before: 1 s, then 11 s every time).
+    assert all(0.9 < d < 1.6 for d in durations), durations
+    assert math_latex.verify_math('\\boxed{\\frac{\\sqrt{2}}{2}}',
+                                  '\\frac{1}{\\sqrt{2}}',
+                                  checker=checker).correct
 
 
 def test_sympy_comparison_is_time_limited(checker):
