@@ -262,6 +262,21 @@ def test_sympy_comparison_is_time_limited(checker):
                                 '\\frac{1}{\\sqrt{2}}', checker=checker).correct
 
 
+@pytest.mark.parametrize('hostile', [
+    'The answer is ' + '\\frac{' * 5_000,  # was quadratic: 21 s
+    'The answer is ' + '\\sqrt[' * 5_000,
+    '\\boxed{5^' + ' ' * 20_000 + 'x}',  # was quadratic: 2 s
+    '\\boxed{1.' + '0' * 20_000 + '1}',  # was quadratic: 4.6 s
+    'The answer is \\frac' + ' ' * 20_000,
+    '\\boxed{' * 5_000,
+])
+def test_math_verifier_is_fast_on_hostile_input(hostile):
+  start = time.perf_counter()
+  verdict = math_latex.verify_math(hostile, '1')
+  assert time.perf_counter() - start < 1.0
+  assert not verdict.correct
+
+
 def test_no_code_reaches_sympy():
   # Only whitelisted tokens are produced; anything else is refused.
   assert math_latex.latex_to_sympy_text('__import__("os")') is None

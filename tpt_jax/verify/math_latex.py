@@ -80,27 +80,46 @@ def reference_answer(reference: str) -> str:
   return (boxed if boxed is not None else reference).strip()
 
 
-def _braced_argument(text: str, start: int) -> tuple[str, int] | None:
-  """The `{...}` argument starting at `start` (or one character) and its end."""
+def _closing_braces(text: str) -> dict[int, int]:
+  """Index of each balanced `{` -> index of its `}` (one linear pass)."""
+  closing, opened = {}, []
+  for index, char in enumerate(text):
+    if char == '{':
+      opened.append(index)
+    elif char == '}' and opened:
+      closing[opened.pop()] = index
+  return closing
+
+
+def _braced_argument(text: str, start: int,
+                     closing: dict[int, int] | None = None
+                     ) -> tuple[str, int] | None:
+  """The `{...}` argument starting at `start` (or one character) and its end.
+
+  `closing`: `_closing_braces(text)`, when the caller looks up many
+  arguments of one text (each lookup is then O(1) instead of a scan).
+  """
   while start < len(text) and text[start] == ' ':
     start += 1
   if start >= len(text):
     return None
   if text[start] != '{':
     return text[start], start + 1
-  depth = 0
-  for index in range(start, len(text)):
-    if text[index] == '{':
-      depth += 1
-    elif text[index] == '}':
-      depth -= 1
-      if depth == 0:
-        return text[start + 1:index], index + 1
-  return None
+  if closing is None:
+    closing = _closing_braces(text[start:])
+    end = closing.get(0)
+    end = None if end is None else start + end
+  else:
+    end = closing.get(start)
+  if end is None:
+    return None
+  return text[start + 1:end], end + 1
 
 
 def _brace_single_arguments(text: str, command: str, count: int) -> str:
-  """`\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`."""
+  """`\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}` (linear time)."""
+  closing = _closing_braces(text)
+  next_bracket = -1  # Cached result of text.find(']', ...).
   out = []
   position = 0
   while True:
@@ -117,12 +136,14 @@ def _brace_single_arguments(text: str, command: str, count: int) -> str:
     position = after
     for _ in range(count):
       if position < len(text) and text[position] == '[':  # \sqrt[3]{x}
-        close = text.find(']', position)
-        if close < 0:
+        if next_bracket < position and next_bracket != -2:
+          next_bracket = text.find(']', position)
+          next_bracket = -2 if next_bracket < 0 else next_bracket
+        if next_bracket == -2:  # No `]` from here on.
           break
-        out.append(text[position:close + 1])
-        position = close + 1
-      argument = _braced_argument(text, position)
+        out.append(text[position:next_bracket + 1])
+        position = next_bracket + 1
+      argument = _braced_argument(text, position, closing)
       if argument is None:
         break
       out.append('{' + argument[0] + '}')
@@ -145,7 +166,7 @@ def normalize_latex(answer: str) -> str:
     text = text.replace(spacing, ' ')
   text = re.sub(r'\\(?:left|right|displaystyle)(?![a-zA-Z])', '', text)
   text = re.sub(r'\\[dt]frac(?![a-zA-Z])', r'\\frac', text)
-  text = re.sub(r'\^\s*\{?\s*\\circ\s*\}?', '', text).replace('°', '')
+  text = re.sub(r'\^\s*+\{?+\s*+\\circ\s*+\}?+', '', text).replace('°', '')
   text = text.replace('\\%', '').replace('%', '')
   text = text.replace('\\$', '').replace('$', '')
   unit = _TEXT_UNIT.match(text.strip())
@@ -161,7 +182,8 @@ def normalize_latex(answer: str) -> str:
     text = text.replace(',', '')
   text = re.sub(r'(?<![\d])\.(\d)', r'0.\1', text)  # .5 -> 0.5
   text = text.rstrip('.')
-  if re.fullmatch(r'-?\d+\.\d*?0+', text):  # 2.50 -> 2.5, 3.0 -> 3
+  if text.endswith('0') and re.fullmatch(r'-?\d++\.\d++', text):
+    # 2.50 -> 2.5, 3.0 -> 3
     text = text.rstrip('0').rstrip('.')
   return text
 
