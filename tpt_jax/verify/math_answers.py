@@ -49,6 +49,8 @@ METHOD_LAST_NUMBER = 'last number'
 METHOD_NONE = 'none'
 # `####` lines looked at, from the last: bounds the work on hostile input.
 _MAX_HASH_LINES = 16
+# A number said at most this many times in a row is read as one (`#### 3 3`).
+_MAX_REPEATS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +188,10 @@ def _parse_single(text: str) -> fractions.Fraction | None:
 
 
 def _parse_repeated(text: str) -> fractions.Fraction | None:
-  """The number of `3 3` or `$25 25`: words that each state the same number."""
-  words = text.split()
-  if len(words) < 2:
+  """The number of `3 3` or `$25 25 25`: two or three words that each state
+  the same number."""
+  words = text.split(maxsplit=_MAX_REPEATS)
+  if not 2 <= len(words) <= _MAX_REPEATS:
     return None
   values = set()
   for word in words:
