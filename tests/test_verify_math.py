@@ -519,6 +519,7 @@ REAL_OUTPUT_FORMATS = {
     'repeated number': _STEPS + '#### {n} {n}',
     'time': _STEPS + '#### {n}:00 pm',
     'percent': _STEPS + '#### {n}%',
+    'hashes then boxed': _STEPS + '#### $\\boxed{{{n}}}$',
     'chatter after hashes': _STEPS + '#### {n}' + _CHATTER,
     'chatter after answer is': _STEPS + 'The answer is **{n}**.' + _CHATTER,
     'chatter after last number': _STEPS + 'So she has {n} apples left.' +

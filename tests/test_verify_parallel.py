@@ -107,3 +107,26 @@ def test_partial_functions_are_accepted():
   verdicts = parallel.verify_in_workers(
       verify, [('she has 12 left', '12'), ('#### 12', '12')], num_workers=1)
   assert [v.correct for v in verdicts] == [False, True]
+
+
+def test_gsm8k_task_grades_by_each_grader_in_workers():
+  from tpt_jax import prune  # pylint: disable=g-import-not-at-top
+  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
+  problems = [tasks.Problem('gsm8k/test/0', 'q', '1000'),
+              tasks.Problem('gsm8k/test/1', 'q', '25')]
+  completions = ['#### 1000', '**#### Answer: $25**']
+  prune_config = prune.default_config()
+  by_grader = {}
+  for grader in gsm8k.TASK.grader_names:
+    serial = gsm8k.TASK.verify_many(completions, problems, prune_config,
+                                    grader=grader)
+    verdicts = parallel.verify_in_workers(
+        gsm8k.TASK.verifier(prune_config, grader),
+        list(zip(completions, problems)), num_workers=1)
+    assert [(v.correct, v.extracted) for v in verdicts] == serial
+    by_grader[grader] = [correct for correct, _ in serial]
+  assert by_grader == {'default': [True, True],
+                       'paper_strict': [True, False]}
+  with pytest.raises(ValueError, match="known graders: default, "
+                     "paper_strict"):
+    gsm8k.TASK.verifier(prune_config, 'lenient')

@@ -320,6 +320,8 @@ def _hashes_answer(text: str, content_end: int) -> Extraction | None:
       content, line_end = following
     if _HEADING.match(content) and line_end < content_end:
       continue
+    if '\\boxed' in content or '\\fbox' in content:  # `#### $\\boxed{5}$`
+      content = (last_boxed(content) or content).strip()
     return Extraction(content, METHOD_HASHES)
   return None
 
