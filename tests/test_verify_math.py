@@ -406,6 +406,16 @@ def test_cli_output_is_written_atomically(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ['out.jsonl']
 
 
+def test_cli_output_mode_follows_the_umask(tmp_path):
+  target = tmp_path / 'out.jsonl'
+  previous = os.umask(0o022)
+  try:
+    cli.write_jsonl_atomically(str(target), [{'a': 1}])
+  finally:
+    os.umask(previous)
+  assert target.stat().st_mode & 0o777 == 0o644
+
+
 def test_cli_output_that_cannot_be_written_fails_before_any_work(tmp_path):
   source = tmp_path / 'in.jsonl'
   source.write_text('not json\n')  # Would fail too, but later.

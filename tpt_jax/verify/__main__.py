@@ -212,6 +212,12 @@ def _process_exists(pid: int) -> bool:
   return True
 
 
+def _umask() -> int:
+  mask = os.umask(0o077)
+  os.umask(mask)
+  return mask
+
+
 def write_jsonl_atomically(path: str, records: Sequence[dict[str, Any]]):
   """Writes `records` to `path` via a temporary file and a rename."""
   target = pathlib.Path(path)
@@ -220,6 +226,8 @@ def write_jsonl_atomically(path: str, records: Sequence[dict[str, Any]]):
       prefix=_temporary_prefix(target, os.getpid()), suffix='.tmp')
   try:
     with os.fdopen(descriptor, 'wt', encoding='utf-8') as f:
+      # mkstemp makes it 0600; the output is as readable as the umask says.
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
       for record in records:
         f.write(json.dumps(record, ensure_ascii=False) + '\n')
       f.flush()
