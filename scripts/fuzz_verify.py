@@ -13,7 +13,8 @@ digit, comma and decimal runs, many `####` lines, markup-only answer lines,
 and mutated GSM8K train solutions. Prints the number of calls, exceptions
 (raised, or caught inside a verifier and reported as 'internal error'),
 calls over 0.5 s (wall clock and CPU time) and the slowest call; the 5
-slowest are re-timed, to tell a slow input from a pause of a busy machine. Target: 0 exceptions, no call over 0.5 s.
+slowest are re-timed, to tell a slow input from a pause of a busy machine.
+Target: 0 exceptions, no call over 0.5 s.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ _WHOLE_HOUR = re.compile(r'(?<![\d:.,])(\d{1,2}):00(?![\d:])')
 # a lone '$' (a '$' before a number is currency, read by _ANSWER_SPAN).
 _LEADING_NOISE = re.compile(
     r'(?:[\s:*_=~`>\[(]++|\\\(|\\\[|\$\$|\$(?=\s*+[-+]?+\s*+\d))*+')
+_BARE_ARGUMENT = re.compile(r'[^\s$]++')  # `\\boxed 5`
 _SENTENCE_END = re.compile(r'[.!?;](?:\s|$)|\n')
 _HASHES = re.compile(r'#{4,}+')
 _ANSWER_IS = re.compile(r'\banswer\s++is\b\s*+:?', re.IGNORECASE)
@@ -238,7 +239,7 @@ def last_boxed(text: str) -> str | None:
     return None
   if text[position] != '{':
     # `\boxed 5`: the argument runs to the next space or `$`.
-    match = re.compile(r'[^\s$]++').match(text, position)
+    match = _BARE_ARGUMENT.match(text, position)
     return match.group(0) if match else None
   depth = 0
   for index in range(position, len(text)):

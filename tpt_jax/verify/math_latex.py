@@ -340,8 +340,9 @@ class SympyChecker:
   takes over: the spare is started in the background as soon as a
   comparison runs longer than 0.25 s, so the next comparison does not wait
   for a worker to import sympy, and a run of pathological answers costs
-  `timeout_s` each, not `timeout_s` plus a start-up. Start-up is bounded by `start_up_timeout_s`; a worker that
-  cannot start (e.g. no sympy) turns sympy off (comparisons are undecided).
+  `timeout_s` each, not `timeout_s` plus a start-up. Start-up is bounded
+  by `start_up_timeout_s`; a worker that cannot start (e.g. no sympy) turns
+  sympy off (comparisons are undecided).
 
   Use as a context manager (which starts the worker), or call start() and
   close(). Thread-safe (one comparison at a time).
