@@ -539,6 +539,8 @@ REAL_OUTPUT_FORMATS = {
     'chatter after answer is': _STEPS + 'The answer is **{n}**.' + _CHATTER,
     'chatter after last number': _STEPS + 'So she has {n} apples left.' +
                                  _CHATTER,
+    'hashes in the chatter': _STEPS + '#### {n}\n\nLet me know if the '
+                              '#### format 2 suits you.',
     'hashes, then markdown headings': '#### Step 1: boxes\n12 * 6 = 72\n'
                                       '#### 2. Subtract\n72 - 4 = 68\n'
                                       '#### {n}',

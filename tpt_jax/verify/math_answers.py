@@ -303,14 +303,19 @@ def _next_line(text: str, position: int) -> tuple[str, int] | None:
   return None
 
 
-def _hashes_answer(text: str, content_end: int) -> Extraction | None:
+def _hashes_answer(text: str, chatter_start: int,
+                   content_end: int) -> Extraction | None:
   """The answer of the last `####` line that states one, None if none does.
 
-  `content_end`: where the text before any closing chatter ends. A heading
-  (`#### Step 2: ...`) with more text before `content_end` is skipped.
+  A `####` in the closing chatter (from `chatter_start` on) is skipped, and
+  so is a heading (`#### Step 2: ...`) followed by more text before
+  `content_end` (the end of the text before the chatter, trailing markup
+  excluded).
   """
   matches = collections.deque(_HASHES.finditer(text), maxlen=_MAX_HASH_LINES)
   for match in reversed(matches):
+    if match.start() >= chatter_start:
+      continue  # In the closing chatter.
     line_end = text.find('\n', match.end())
     line_end = len(text) if line_end < 0 else line_end
     content = _answer_line_text(text[match.end():line_end])
@@ -327,9 +332,9 @@ def _hashes_answer(text: str, content_end: int) -> Extraction | None:
   return None
 
 
-def _content_end(text: str) -> int:
+def _content_end(text: str, chatter_start: int) -> int:
   """The end of the text before closing chatter, trailing markup excluded."""
-  end = _chatter_start(text)
+  end = chatter_start
   while end > 0 and text[end - 1] in _TRAILING_MARKUP:
     end -= 1
   return end
@@ -349,8 +354,9 @@ def extract_answer(completion: str, *,
   if not isinstance(completion, str):
     return None
   text = _CALCULATOR_ANNOTATION.sub('', completion.translate(_MINUS_SIGNS))
-  content_end = _content_end(text)
-  hashes = _hashes_answer(text, content_end)
+  chatter_start = _chatter_start(text)
+  content_end = _content_end(text, chatter_start)
+  hashes = _hashes_answer(text, chatter_start, content_end)
   if hashes is not None:
     return hashes
   candidates = []
