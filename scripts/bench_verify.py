@@ -3,7 +3,8 @@ r"""Measures the verifiers and shows the sandbox's containment of hostile code.
   python scripts/bench_verify.py [--num_workers=0] [--data_dir=../shared/data]
 
 Prints verifications per second for GSM8K answers (every train solution
-against its own answer) and for code (HumanEval's canonical solutions in the
+against its own answer; in this process, then in worker processes with a
+per-item time limit) and for code (HumanEval's canonical solutions in the
 sandbox pool), then one row per hostile program (the ones in
 tests/test_verify_code.py): its verdict, how long it took, and whether it was
 contained (not passed, stopped within its timeout, no process left behind,
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from tpt_jax import sources
 from tpt_jax.verify import code_exec
 from tpt_jax.verify import math_answers
+from tpt_jax.verify import parallel
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -39,7 +41,7 @@ def _load_hostile_programs() -> tuple[dict[str, str], str]:
   return module.HOSTILE_PROGRAMS, module.ADD_TEST
 
 
-def bench_math(data_dir: pathlib.Path) -> None:
+def bench_math(data_dir: pathlib.Path, num_workers: int) -> None:
   problems = sources.load_gsm8k(data_dir / 'gsm8k', 'train')
   start = time.perf_counter()
   correct = sum(math_answers.verify_gsm8k(p.solution,
@@ -49,6 +51,16 @@ def bench_math(data_dir: pathlib.Path) -> None:
   print(f'math (GSM8K train, {len(problems)} solutions): {correct} correct, '
         f'{elapsed:.2f} s, {len(problems) / elapsed:,.0f} verifications/s '
         '(one process)')
+  items = [(p.reference_solution, p.reference_answer) for p in problems]
+  start = time.perf_counter()
+  with parallel.WorkerPool(math_answers.verify_gsm8k, timeout_s=5.0,
+                           num_workers=num_workers) as pool:
+    verdicts = pool.verify(items)
+    workers = pool.num_workers
+  elapsed = time.perf_counter() - start
+  print(f'math in worker processes ({workers} workers, 5 s limit per item): '
+        f'{sum(v.correct for v in verdicts)} correct, {elapsed:.2f} s '
+        f'with start-up, {len(items) / elapsed:,.0f} verifications/s')
 
 
 def bench_code(data_dir: pathlib.Path, num_workers: int) -> None:
@@ -120,11 +132,12 @@ def containment_table(num_workers: int) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--num_workers', type=int, default=0,
-                      help='sandboxes at once (0: one per core)')
+                      help='sandboxes / math workers at once (0: one per '
+                      'core)')
   parser.add_argument('--data_dir', type=pathlib.Path,
                       default=REPO_ROOT / '..' / 'shared' / 'data')
   args = parser.parse_args()
-  bench_math(args.data_dir)
+  bench_math(args.data_dir, args.num_workers)
   bench_code(args.data_dir, args.num_workers)
   containment_table(args.num_workers)
 

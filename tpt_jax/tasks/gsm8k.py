@@ -13,15 +13,24 @@ model learns one plain answer format; `Problem.answer` is N in canonical form
 
 The verifier is `verify.verify_gsm8k` on the completion up to any next
 'Question:' (text a sampler without a stop string makes up): it reads
-`The answer is N` (and `#### N`, `\\boxed{N}`, `Answer: N`), falling back to
-the last number when `config.verify.math.last_number_fallback`.
+`The answer is N` (and `#### N`, `\\boxed{N}`, `Answer: N`, with the markup
+instruction-tuned models add), falling back to the last number when
+`config.verify.math.last_number_fallback`. `verify_many(..., grader=name)`
+grades by another of `verify.graders` instead: `paper_strict` is the TPT
+authors' regex-and-string-equality protocol, applied to the whole completion.
+Its gold answer here is `Problem.answer`, which is canonical ('1,200' ->
+'1200'); the released protocol compares with GSM8K's text ('1,200'), so on
+the 14 of 1,319 test problems whose answer has a thousands comma the two
+differ: there `#### 1,200` counts for the paper, `#### 1200` here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
-import logging
 import fractions
+import functools
+import logging
 import re
 from typing import Sequence
 
@@ -31,6 +40,7 @@ from tpt_jax import config_fields
 from tpt_jax import verify as verify_lib
 from tpt_jax import sources
 from tpt_jax import tasks
+from tpt_jax.verify import graders
 from tpt_jax.verify import math_answers
 
 NAME = 'gsm8k'
@@ -111,6 +121,8 @@ class Gsm8kTask:
   """The GSM8K task (see the module docstring)."""
   name: str = NAME
   majority_vote: bool = True
+  # Graders `verify_many` and `verifier` accept (see verify.graders).
+  grader_names: tuple[str, ...] = graders.GRADER_NAMES
   cot_instruction: str = (
       "Let's think step by step, and end with \"The answer is N.\"")
 
@@ -125,25 +137,43 @@ class Gsm8kTask:
   def verify(self, completion: str,
              problem: tasks.Problem) -> tuple[bool, str | None]:
     """(final answer == problem.answer exactly, canonical final answer)."""
-    return self._verify(completion, problem,
+    return self._verify(completion, problem, grader='default',
                         last_number_fallback=_DEFAULT_LAST_NUMBER_FALLBACK)
 
   def verify_many(self, completions: Sequence[str],
                   problems: Sequence[tasks.Problem],
-                  verify_config: ml_collections.ConfigDict
+                  verify_config: ml_collections.ConfigDict,
+                  grader: str = 'default'
                   ) -> list[tuple[bool, str | None]]:
-    """`verify` of each pair, honouring `verify_config.math`."""
-    fallback = bool(verify_config.math.last_number_fallback)
-    return [self._verify(completion, problem, last_number_fallback=fallback)
+    """`verify` of each pair by the GSM8K grader named `grader` (one of
+    GRADER_NAMES, see verify.graders), honouring `verify_config.math`."""
+    verify = self.verifier(verify_config, grader)
+    return [verify(completion, problem)
             for completion, problem in zip(completions, problems, strict=True)]
 
-  def _verify(self, completion: str, problem: tasks.Problem, *,
+  def verifier(self, verify_config: ml_collections.ConfigDict,
+               grader: str = 'default'
+               ) -> Callable[[str, tasks.Problem], tuple[bool, str | None]]:
+    """A picklable `verify` by `grader` honouring `verify_config.math`, e.g.
+    for `verify.parallel.verify_in_workers`.
+
+    Raises:
+      ValueError: naming `grader` and the known graders.
+    """
+    graders.get_grader(grader)  # Checks the name.
+    return functools.partial(
+        self._verify, grader=grader,
+        last_number_fallback=bool(verify_config.math.last_number_fallback))
+
+  def _verify(self, completion: str, problem: tasks.Problem, *, grader: str,
               last_number_fallback: bool) -> tuple[bool, str | None]:
     if not isinstance(completion, str):
       return False, None
-    verdict = math_answers.verify_gsm8k(
-        tasks.cut_at_next_question(completion), problem.answer,
-        last_number_fallback=last_number_fallback)
+    grade = graders.get_grader(grader,
+                               last_number_fallback=last_number_fallback)
+    if grader != 'paper_strict':  # The paper's protocol reads it all.
+      completion = tasks.cut_at_next_question(completion)
+    verdict = grade(completion, problem.answer)
     return verdict.correct, verdict.extracted
 
   def format_prompt(self, problem: tasks.Problem, style: str,

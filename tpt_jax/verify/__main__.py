@@ -14,14 +14,20 @@ and "reason" (code), in input order. The output file is written atomically:
 it appears complete or not at all. The last line printed is a summary:
 `correct: C/T (P%)`.
 
-Exit status: 0 done, 2 bad arguments or bad input (the message names the
-file and line).
+--task=gsm8k --grader=paper_strict grades by the TPT authors' protocol
+instead of ours (see tpt_jax/verify/graders.py).
+
+Exit status: 0 done, 2 bad arguments, bad input (the message names the file
+and line) or an output that cannot be written (checked before any work).
+A temporary file that a killed run left beside the output is removed by the
+next run.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+import glob
 import json
 import os
 import pathlib
@@ -30,7 +36,7 @@ import tempfile
 from typing import Any
 
 from tpt_jax.verify import code_exec
-from tpt_jax.verify import math_answers
+from tpt_jax.verify import graders
 from tpt_jax.verify import math_latex
 
 TASKS = ('gsm8k', 'math', 'code')
@@ -67,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                       default=True,
                       help='gsm8k: use the last number when no answer marker '
                       'is found.')
+  parser.add_argument('--grader', default='default',
+                      choices=graders.GRADER_NAMES,
+                      help='gsm8k: how answers are graded (default: ours; '
+                      "paper_strict: the TPT authors' regex and exact "
+                      'string equality).')
   parser.add_argument('--sympy_timeout_s', type=float, default=2.0,
                       help='math: time limit of one sympy comparison.')
   parser.add_argument('--timeout_s', type=float, default=10.0,
@@ -122,10 +133,10 @@ def verify_records(records: Sequence[dict[str, Any]], task: str,
   """Each record plus its verdict fields."""
   out = []
   if task == 'gsm8k':
+    grade = graders.get_grader(args.grader,
+                               last_number_fallback=args.last_number_fallback)
     for record in records:
-      verdict = math_answers.verify_gsm8k(
-          record['completion'], str(record['answer']),
-          last_number_fallback=args.last_number_fallback)
+      verdict = grade(record['completion'], str(record['answer']))
       out.append({**record, 'correct': verdict.correct,
                   'extracted': verdict.extracted})
   elif task == 'math':
@@ -151,14 +162,72 @@ def verify_records(records: Sequence[dict[str, Any]], task: str,
   return out
 
 
+def _temporary_prefix(target: pathlib.Path, pid: int) -> str:
+  """Temporaries beside `target` are named `.<name>.<pid>.<random>.tmp`."""
+  return f'.{target.name}.{pid}.'
+
+
+def check_output(path: str) -> None:
+  """Raises InputError unless `path` can be written (a file, in a writable
+  directory); removes the temporaries of killed runs beside it."""
+  target = pathlib.Path(path)
+  if target.is_dir():
+    raise InputError(f'{path}: is a directory; --output must name a file')
+  if not target.parent.is_dir():
+    raise InputError(f'{path}: directory {target.parent} does not exist')
+  try:
+    descriptor, probe = tempfile.mkstemp(
+        dir=target.parent, prefix=_temporary_prefix(target, os.getpid()),
+        suffix='.tmp')
+    os.close(descriptor)
+    os.unlink(probe)
+  except OSError as e:
+    raise InputError(f'{path}: cannot write in {target.parent} '
+                     f'({e.strerror or e})') from e
+  remove_stale_temporaries(target)
+
+
+def remove_stale_temporaries(target: pathlib.Path) -> list[pathlib.Path]:
+  """Removes temporaries beside `target` whose writing process is gone."""
+  removed = []
+  for temporary in target.parent.glob(f'.{glob.escape(target.name)}.*.tmp'):
+    pid = temporary.name[len(target.name) + 2:].split('.', 1)[0]
+    if not pid.isdigit() or _process_exists(int(pid)):
+      continue
+    try:
+      temporary.unlink()
+      removed.append(temporary)
+    except OSError:
+      pass
+  return removed
+
+
+def _process_exists(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, OverflowError):
+    return True
+  return True
+
+
+def _umask() -> int:
+  mask = os.umask(0o077)
+  os.umask(mask)
+  return mask
+
+
 def write_jsonl_atomically(path: str, records: Sequence[dict[str, Any]]):
   """Writes `records` to `path` via a temporary file and a rename."""
   target = pathlib.Path(path)
-  descriptor, temporary = tempfile.mkstemp(dir=target.parent or '.',
-                                           prefix=f'.{target.name}.',
-                                           suffix='.tmp')
+  descriptor, temporary = tempfile.mkstemp(
+      dir=target.parent or '.',
+      prefix=_temporary_prefix(target, os.getpid()), suffix='.tmp')
   try:
     with os.fdopen(descriptor, 'wt', encoding='utf-8') as f:
+      # mkstemp makes it 0600; the output is as readable as the umask says.
+      os.fchmod(f.fileno(), 0o666 & ~_umask())
       for record in records:
         f.write(json.dumps(record, ensure_ascii=False) + '\n')
       f.flush()
@@ -184,11 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.num_workers < 0:
     print('error: --num_workers must be >= 0', file=sys.stderr)
     return 2
+  if args.grader != 'default' and args.task != 'gsm8k':
+    print(f'error: --grader={args.grader} applies to --task=gsm8k only',
+          file=sys.stderr)
+    return 2
   try:
+    check_output(args.output)
     records = read_records(args.input, args.task)
-    output_dir = pathlib.Path(args.output).parent
-    if not output_dir.is_dir():
-      raise InputError(f'{args.output}: directory {output_dir} does not exist')
   except InputError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -19,6 +19,7 @@ Python. No function here raises on any string.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 
 from tpt_jax.verify import math_answers
 
@@ -35,8 +37,13 @@ MathVerdict = math_answers.MathVerdict
 METHOD_FINAL_ANSWER = 'final answer'
 _DEFAULT_TIMEOUT_S = 2.0
 _WORKER_MEMORY_BYTES = 2 << 30
-# Allowance for the worker's start-up (importing sympy) on its first answer.
-_WORKER_START_UP_S = 10.0
+# Limit of the worker's start-up (importing sympy); not part of any
+# comparison's time limit.
+_WORKER_START_UP_S = 60.0
+# What the worker prints once it can take requests.
+_READY_LINE = b'{"ready": true}'
+# A comparison running longer than this starts a spare worker.
+_SPARE_AFTER_S = 0.25
 # Longer answers are compared as strings only.
 _MAX_SYMPY_INPUT_CHARS = 300
 
@@ -73,27 +80,46 @@ def reference_answer(reference: str) -> str:
   return (boxed if boxed is not None else reference).strip()
 
 
-def _braced_argument(text: str, start: int) -> tuple[str, int] | None:
-  """The `{...}` argument starting at `start` (or one character) and its end."""
+def _closing_braces(text: str) -> dict[int, int]:
+  """Index of each balanced `{` -> index of its `}` (one linear pass)."""
+  closing, opened = {}, []
+  for index, char in enumerate(text):
+    if char == '{':
+      opened.append(index)
+    elif char == '}' and opened:
+      closing[opened.pop()] = index
+  return closing
+
+
+def _braced_argument(text: str, start: int,
+                     closing: dict[int, int] | None = None
+                     ) -> tuple[str, int] | None:
+  """The `{...}` argument starting at `start` (or one character) and its end.
+
+  `closing`: `_closing_braces(text)`, when the caller looks up many
+  arguments of one text (each lookup is then O(1) instead of a scan).
+  """
   while start < len(text) and text[start] == ' ':
     start += 1
   if start >= len(text):
     return None
   if text[start] != '{':
     return text[start], start + 1
-  depth = 0
-  for index in range(start, len(text)):
-    if text[index] == '{':
-      depth += 1
-    elif text[index] == '}':
-      depth -= 1
-      if depth == 0:
-        return text[start + 1:index], index + 1
-  return None
+  if closing is None:
+    closing = _closing_braces(text[start:])
+    end = closing.get(0)
+    end = None if end is None else start + end
+  else:
+    end = closing.get(start)
+  if end is None:
+    return None
+  return text[start + 1:end], end + 1
 
 
 def _brace_single_arguments(text: str, command: str, count: int) -> str:
-  """`\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`."""
+  """`\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}` (linear time)."""
+  closing = _closing_braces(text)
+  next_bracket = -1  # Cached result of text.find(']', ...).
   out = []
   position = 0
   while True:
@@ -110,12 +136,14 @@ def _brace_single_arguments(text: str, command: str, count: int) -> str:
     position = after
     for _ in range(count):
       if position < len(text) and text[position] == '[':  # \sqrt[3]{x}
-        close = text.find(']', position)
-        if close < 0:
+        if next_bracket < position and next_bracket != -2:
+          next_bracket = text.find(']', position)
+          next_bracket = -2 if next_bracket < 0 else next_bracket
+        if next_bracket == -2:  # No `]` from here on.
           break
-        out.append(text[position:close + 1])
-        position = close + 1
-      argument = _braced_argument(text, position)
+        out.append(text[position:next_bracket + 1])
+        position = next_bracket + 1
+      argument = _braced_argument(text, position, closing)
       if argument is None:
         break
       out.append('{' + argument[0] + '}')
@@ -138,7 +166,7 @@ def normalize_latex(answer: str) -> str:
     text = text.replace(spacing, ' ')
   text = re.sub(r'\\(?:left|right|displaystyle)(?![a-zA-Z])', '', text)
   text = re.sub(r'\\[dt]frac(?![a-zA-Z])', r'\\frac', text)
-  text = re.sub(r'\^\s*\{?\s*\\circ\s*\}?', '', text).replace('°', '')
+  text = re.sub(r'\^\s*+\{?+\s*+\\circ\s*+\}?+', '', text).replace('°', '')
   text = text.replace('\\%', '').replace('%', '')
   text = text.replace('\\$', '').replace('$', '')
   unit = _TEXT_UNIT.match(text.strip())
@@ -154,7 +182,8 @@ def normalize_latex(answer: str) -> str:
     text = text.replace(',', '')
   text = re.sub(r'(?<![\d])\.(\d)', r'0.\1', text)  # .5 -> 0.5
   text = text.rstrip('.')
-  if re.fullmatch(r'-?\d+\.\d*?0+', text):  # 2.50 -> 2.5, 3.0 -> 3
+  if text.endswith('0') and re.fullmatch(r'-?\d++\.\d++', text):
+    # 2.50 -> 2.5, 3.0 -> 3
     text = text.rstrip('0').rstrip('.')
   return text
 
@@ -276,56 +305,124 @@ def _split_top_level(text: str) -> tuple[str, list[str]] | None:
   return brackets, parts
 
 
+@dataclasses.dataclass
+class _Worker:
+  """A sympy worker process and whether it has said it is ready."""
+  process: subprocess.Popen[bytes]
+  ready: bool = False
+
+  def stop(self) -> None:
+    self.process.kill()
+    self.process.wait()
+    for stream in (self.process.stdin, self.process.stdout):
+      if stream is not None:
+        stream.close()
+
+
+def _spawn_worker() -> _Worker:
+  package_root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  code = ('import sys; sys.path.insert(0, sys.argv[1]); '
+          'from tpt_jax.verify import math_latex; '
+          'math_latex._worker_main()')
+  return _Worker(subprocess.Popen(
+      [sys.executable, '-s', '-c', code, package_root],
+      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL, start_new_session=True))
+
+
 class SympyChecker:
   """Decides `a == b` with sympy in a worker process, with a time limit.
 
-  The worker is started on first use and restarted after a timeout. Use as a
-  context manager, or call close(). Thread-safe (one comparison at a time).
+  Every comparison gets exactly `timeout_s`: a worker says when it is ready
+  (sympy imported) and only then is a request timed, so start-up never
+  counts against a comparison. A worker that overruns is killed and a spare
+  takes over: the spare is started in the background as soon as a
+  comparison runs longer than 0.25 s, so the next comparison does not wait
+  for a worker to import sympy, and a run of pathological answers costs
+  `timeout_s` each, not `timeout_s` plus a start-up. Start-up is bounded
+  by `start_up_timeout_s`; a worker that cannot start (e.g. no sympy) turns
+  sympy off (comparisons are undecided).
+
+  Use as a context manager (which starts the worker), or call start() and
+  close(). Thread-safe (one comparison at a time).
   """
 
-  def __init__(self, timeout_s: float = _DEFAULT_TIMEOUT_S):
+  def __init__(self, timeout_s: float = _DEFAULT_TIMEOUT_S, *,
+               start_up_timeout_s: float = _WORKER_START_UP_S):
+    if not timeout_s > 0:
+      raise ValueError(f'timeout_s={timeout_s} must be > 0.')
+    if not start_up_timeout_s > 0:
+      raise ValueError(
+          f'start_up_timeout_s={start_up_timeout_s} must be > 0.')
     self.timeout_s = timeout_s
-    self._process: subprocess.Popen[bytes] | None = None
-    self._answered_once = False  # The first answer includes importing sympy.
-    self._unavailable = False  # The worker cannot start (e.g. no sympy).
+    self.start_up_timeout_s = start_up_timeout_s
+    self._worker: _Worker | None = None
+    self._spare: _Worker | None = None  # Kept from the first overrun on.
+    self._unavailable = False  # A worker cannot start (e.g. no sympy).
     self._lock = threading.Lock()
 
   def __enter__(self) -> SympyChecker:
+    self.start()
     return self
 
   def __exit__(self, *unused_exc_info) -> None:
     self.close()
 
+  def start(self, wait: bool = False) -> bool:
+    """Starts the worker unless it runs; with `wait`, until it is ready.
+
+    Returns whether the worker is ready.
+    """
+    with self._lock:
+      if self._unavailable:
+        return False
+      worker = self._running_worker()
+      return self._wait_ready(worker) if wait else worker.ready
+
   def close(self) -> None:
     with self._lock:
-      self._stop()
+      for worker in (self._worker, self._spare):
+        if worker is not None:
+          worker.stop()
+      self._worker = self._spare = None
 
-  def _stop(self) -> None:
-    self._answered_once = False
-    if self._process is not None:
-      self._process.kill()
-      self._process.wait()
-      for stream in (self._process.stdin, self._process.stdout):
-        if stream is not None:
-          stream.close()
-      self._process = None
+  def _running_worker(self) -> _Worker:
+    """The current worker; the spare (or a new one) if it has exited."""
+    if self._worker is not None and self._worker.process.poll() is None:
+      return self._worker
+    if self._worker is not None:
+      self._worker.stop()
+    self._worker, self._spare = self._spare or _spawn_worker(), None
+    return self._worker
 
-  def _start(self) -> subprocess.Popen[bytes]:
-    if self._process is None or self._process.poll() is not None:
-      self._stop()
-      package_root = os.path.dirname(os.path.dirname(os.path.dirname(
-          os.path.abspath(__file__))))
-      code = ('import sys; sys.path.insert(0, sys.argv[1]); '
-              'from tpt_jax.verify import math_latex; '
-              'math_latex._worker_main()')
-      self._process = subprocess.Popen(
-          [sys.executable, '-s', '-c', code, package_root],
-          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-          stderr=subprocess.DEVNULL, start_new_session=True)
-    return self._process
+  def _replace_worker(self) -> None:
+    """Kills the current worker; the spare takes over, a new spare starts."""
+    if self._worker is not None:
+      self._worker.stop()
+    self._worker = self._spare or _spawn_worker()
+    self._spare = _spawn_worker()
+
+  def _wait_ready(self, worker: _Worker) -> bool:
+    """Waits for `worker`'s ready line (at most start_up_timeout_s)."""
+    if worker.ready:
+      return True
+    stdout = worker.process.stdout
+    readable, _, _ = select.select([stdout], [], [], self.start_up_timeout_s)
+    line = stdout.readline() if readable else b''
+    if line.strip() != _READY_LINE:
+      self._unavailable = True
+      logging.warning('The sympy worker %s; MATH answers are compared '
+                      'without sympy.',
+                      'exits at start-up (is sympy installed?)' if readable
+                      else 'did not start within '
+                      f'{self.start_up_timeout_s:g} s')
+      return False
+    worker.ready = True
+    return True
 
   def equivalent(self, left: str, right: str) -> bool | None:
-    """True/False if sympy decides within the time limit, None otherwise.
+    """True/False if sympy decides within `timeout_s`, None otherwise.
 
     `left` and `right` are outputs of `latex_to_sympy_text`.
     """
@@ -333,29 +430,29 @@ class SympyChecker:
       if self._unavailable:
         return None
       try:
-        process = self._start()
+        worker = self._running_worker()
+        if not self._wait_ready(worker):
+          return None
+        process = worker.process
         process.stdin.write(
             json.dumps({'left': left, 'right': right}).encode() + b'\n')
         process.stdin.flush()
-        start_up_s = 0.0 if self._answered_once else _WORKER_START_UP_S
-        ready, _, _ = select.select([process.stdout], [], [],
-                                    self.timeout_s + start_up_s)
-        if not ready:
-          self._stop()
+        deadline = time.monotonic() + self.timeout_s
+        # A slow comparison may overrun: start the spare now, so that it is
+        # ready by the next comparison.
+        readable, _, _ = select.select([process.stdout], [], [],
+                                       min(self.timeout_s, _SPARE_AFTER_S))
+        if not readable:
+          self._spare = self._spare or _spawn_worker()
+          readable, _, _ = select.select(
+              [process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = process.stdout.readline() if readable else b''
+        if not line:  # Overran (or died).
+          self._replace_worker()
           return None
-        line = process.stdout.readline()
-        if not line:
-          if not self._answered_once:
-            self._unavailable = True
-            logging.warning('The sympy worker exits at start-up (is sympy '
-                            'installed?); MATH answers are compared without '
-                            'sympy.')
-          self._stop()
-          return None
-        self._answered_once = True
         return json.loads(line).get('equal')
       except (OSError, ValueError):
-        self._stop()
+        self._replace_worker()
         return None
 
 
@@ -376,6 +473,8 @@ def _worker_main() -> None:
                  S=sympy.Symbol('S'), N=sympy.Symbol('N'),
                  O=sympy.Symbol('O'), Q=sympy.Symbol('Q'))
   transformations = (sympy_parser.auto_number, sympy_parser.rationalize)
+  sys.stdout.write(_READY_LINE.decode() + '\n')
+  sys.stdout.flush()
 
   def parse(text):
     return sympy_parser.parse_expr(text, local_dict=dict(symbols),
