@@ -71,19 +71,7 @@ def bench_code(data_dir: pathlib.Path, num_workers: int) -> None:
 
 def _sandbox_processes() -> int:
   """Live processes running as a sandbox uid."""
-  # pylint: disable-next=protected-access
-  low, high = code_exec._UID_LOW, code_exec._UID_HIGH
-  count = 0
-  for name in os.listdir('/proc'):
-    if name.isdigit():
-      try:
-        uid = os.stat(f'/proc/{name}').st_uid
-        with open(f'/proc/{name}/stat', 'rb') as stat:
-          state = stat.read().rsplit(b')', 1)[1].split()[0]
-      except (OSError, IndexError):
-        continue
-      count += low <= uid < high and state != b'Z'
-  return count
+  return len(code_exec.sandbox_processes())
 
 
 def containment_table(num_workers: int) -> None:

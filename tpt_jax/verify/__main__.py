@@ -9,6 +9,10 @@ Input: one JSON object per line.
   --task=code: {"program": ..., "test": ...}; the test is Python that raises
     on failure, run after the program in its namespace (optional
     "entry_point": then `check(<entry_point>)` is called too, as HumanEval).
+  --task=stdio: {"program": ..., "tests": [{"input": ..., "output": ...}],
+    "time_limit_s"?: per test, default 2}; judged on stdin/stdout
+    (`verify.stdio_judge`); adds "status" (passed, wrong_answer, ...),
+    "first_failed_test" (index, or null) and "reason".
 Output: each input object plus "correct" and "extracted" (math) or "status"
 and "reason" (code), in input order. The output file is written atomically:
 it appears complete or not at all. The last line printed is a summary:
@@ -32,12 +36,14 @@ from typing import Any
 from tpt_jax.verify import code_exec
 from tpt_jax.verify import math_answers
 from tpt_jax.verify import math_latex
+from tpt_jax.verify import stdio_judge
 
-TASKS = ('gsm8k', 'math', 'code')
+TASKS = ('gsm8k', 'math', 'code', 'stdio')
 _FIELDS = {
     'gsm8k': {'completion': (str,), 'answer': (str, int, float)},
     'math': {'completion': (str,), 'answer': (str, int, float)},
     'code': {'program': (str,), 'test': (str,)},
+    'stdio': {'program': (str,), 'tests': (list,)},
 }
 _OPTIONAL_FIELDS = {'code': {'entry_point': (str,)}}
 
@@ -77,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
                       help='code: address-space limit per program.')
   parser.add_argument('--num_workers', type=int, default=0,
                       help='code: programs run at once (0: one per core).')
+  parser.add_argument('--time_limit_factor', type=float, default=1.0,
+                      help='stdio: multiplies each line\'s time_limit_s.')
+  parser.add_argument('--float_tolerance', type=float, default=0.0,
+                      help='stdio: tolerance of real-number outputs (e.g. '
+                      '1e-6); 0: exact.')
   return parser
 
 
@@ -109,6 +120,11 @@ def read_records(path: str, task: str) -> list[dict[str, Any]]:
           if name in record and not isinstance(record[name], types):
             raise InputError(f'{path}:{line_number}: field {name!r} must be '
                              'a string')
+        if task == 'stdio':
+          try:
+            stdio_judge.task_from_record(record)
+          except ValueError as e:
+            raise InputError(f'{path}:{line_number}: {e}') from e
         records.append(record)
   except UnicodeDecodeError as e:
     raise InputError(f'{path}: not UTF-8 text ({e})') from e
@@ -136,6 +152,20 @@ def verify_records(records: Sequence[dict[str, Any]], task: str,
                                          checker=checker)
         out.append({**record, 'correct': verdict.correct,
                     'extracted': verdict.extracted})
+  elif task == 'stdio':
+    options = stdio_judge.JudgeOptions(
+        time_limit_factor=args.time_limit_factor,
+        float_tolerance=args.float_tolerance)
+    with stdio_judge.StdioJudge(
+        code_exec.SandboxLimits(memory_mb=args.memory_mb), options,
+        args.num_workers) as judge:
+      verdicts = judge.judge_many(
+          [stdio_judge.task_from_record(r) for r in records])
+    for record, verdict in zip(records, verdicts):
+      out.append({**record, 'correct': verdict.passed,
+                  'status': verdict.status,
+                  'first_failed_test': verdict.first_failed_test,
+                  'reason': verdict.reason})
   else:
     limits = code_exec.SandboxLimits(timeout_s=args.timeout_s,
                                      cpu_time_s=args.cpu_time_s,

@@ -248,6 +248,9 @@ def _test_status(message: dict[str, str | bytes], expected: bytes,
   if int(message['time_killed']) or cpu_s > cpu_limit_s:
     return TIMEOUT, (f'exceeded the {cpu_limit_s:g} s time limit (CPU '
                      f'{cpu_s:.2f} s, wall {wall_s:.2f} s)')
+  if int(message.get('left_processes', '0')):
+    return RUNTIME_ERROR, ('the program left processes that could not be '
+                           'killed (a fork bomb?)')
   killed_by = os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else 0
   if (int(message['output_bytes']) > output_cap or
       killed_by == signal.SIGXFSZ):
@@ -302,8 +305,9 @@ def _judge(task: StdioTask, limits: code_exec.SandboxLimits,
       'test_cpu_backstop_s': math.ceil(cpu_limit_s) + 1,
       # The supervisor writes each input into a file before the test.
       'supervisor_file_bytes': max(output_cap, max(map(len, inputs))) + 1,
-      # The supervisor's own CPU (compiling, copying outputs back).
-      'cpu_time_s': 10 + len(inputs),
+      # The supervisor's own CPU (compiling, copying outputs back); at least
+      # the tests' backstop, which a test process cannot raise above it.
+      'cpu_time_s': 10 + len(inputs) + math.ceil(cpu_limit_s) + 2,
   }
   statuses, cpu_times, failure = [], [], []
   fatal = {}
@@ -397,3 +401,27 @@ def count_statuses(verdicts: Sequence[StdioVerdict]) -> dict[str, int]:
   for verdict in verdicts:
     counts[verdict.status] += 1
   return counts
+
+
+def task_from_record(record: dict) -> StdioTask:
+  """The task of a CLI input line: {"program", "tests": [{"input",
+  "output"}, ...], "time_limit_s"?}; raises ValueError naming the field."""
+  tests = record.get('tests')
+  if not isinstance(tests, list) or not tests:
+    raise ValueError("field 'tests' must be a non-empty list of "
+                     '{"input": ..., "output": ...}')
+  parsed = []
+  for index, test in enumerate(tests):
+    if (not isinstance(test, dict) or
+        not isinstance(test.get('input'), str) or
+        not isinstance(test.get('output'), str)):
+      raise ValueError(f"field 'tests[{index}]' must be an object with "
+                       'string "input" and "output"')
+    parsed.append(StdioTest(test['input'], test['output']))
+  time_limit_s = record.get('time_limit_s', StdioTask.time_limit_s)
+  if (isinstance(time_limit_s, bool) or
+      not isinstance(time_limit_s, (int, float)) or
+      not 0 < time_limit_s < math.inf):
+    raise ValueError(f"field 'time_limit_s' must be a positive number, got "
+                     f'{time_limit_s!r}')
+  return StdioTask(record['program'], tuple(parsed), float(time_limit_s))
