@@ -3,8 +3,10 @@ r"""Measures the verifiers and shows the sandbox's containment of hostile code.
   python scripts/bench_verify.py [--num_workers=0] [--data_dir=../shared/data]
 
 Prints verifications per second for GSM8K answers (every train solution
-against its own answer) and for code (HumanEval's canonical solutions in the
-sandbox pool), then one row per hostile program (the ones in
+against its own answer), for code (HumanEval's canonical solutions in the
+sandbox pool) and for stdin/stdout programs (the correct programs of
+tests/data/stdio_problems.jsonl, with the judge's median overhead per test),
+then one row per hostile program (the ones in
 tests/test_verify_code.py): its verdict, how long it took, and whether it was
 contained (not passed, stopped within its timeout, no process left behind,
 nothing written outside its directory).
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import statistics
 import pathlib
 import sys
 import tempfile
@@ -27,6 +31,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from tpt_jax import sources
 from tpt_jax.verify import code_exec
 from tpt_jax.verify import math_answers
+from tpt_jax.verify import stdio_judge
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -67,6 +72,47 @@ def bench_code(data_dir: pathlib.Path, num_workers: int) -> None:
         f'workers): {passed} passed, {elapsed:.2f} s, '
         f'{len(tasks) / elapsed:.1f} verifications/s; median run '
         f'{sorted(v.duration_s for v in verdicts)[len(verdicts) // 2]:.3f} s')
+
+
+def bench_stdio(num_workers: int, repeats: int = 5) -> None:
+  """Programs/s of the stdin/stdout judge, and what one more test costs."""
+  path = REPO_ROOT / 'tests' / 'data' / 'stdio_problems.jsonl'
+  tasks = []
+  with path.open(encoding='utf-8') as f:
+    for line in f:
+      record = json.loads(line)
+      tests = tuple(stdio_judge.StdioTest(i, o)
+                    for name in ('public', 'private', 'generated')
+                    for i, o in zip(record[f'{name}_tests']['input'],
+                                    record[f'{name}_tests']['output']))
+      tasks.append(stdio_judge.StdioTask(record['test_programs']['passed'],
+                                         tests, 2.0))
+  tasks *= repeats
+  num_tests = sum(len(task.tests) for task in tasks)
+  # The code_contests task's tolerance: two problems print real numbers.
+  options = stdio_judge.JudgeOptions(float_tolerance=1e-6)
+  with stdio_judge.StdioJudge(options=options,
+                              num_workers=num_workers) as judge:
+    start = time.perf_counter()
+    verdicts = judge.judge_many(tasks)
+    elapsed = time.perf_counter() - start
+    workers = judge.num_workers
+  passed = sum(v.passed for v in verdicts)
+  # The judge's own cost per test: an echo program on 101 tests vs on 1,
+  # judged one at a time (median of 7 each).
+  echo = 'print(input())\n'
+  one = stdio_judge.StdioTask(echo, (stdio_judge.StdioTest('7\n', '7'),))
+  many = stdio_judge.StdioTask(echo, one.tests * 101)
+  durations = {}
+  for name, task in (('one', one), ('many', many)):
+    durations[name] = statistics.median(
+        stdio_judge.judge(task).duration_s for _ in range(7))
+  per_test_ms = 1000 * (durations['many'] - durations['one']) / 100
+  print(f'stdio ({len(tasks)} correct programs of the test problems, '
+        f'{num_tests} tests, {workers} workers): {passed} passed, '
+        f'{elapsed:.2f} s, {len(tasks) / elapsed:.1f} programs/s; median '
+        f'per-test overhead {per_test_ms:.1f} ms (echo program, 101 vs 1 '
+        f'tests: {durations["many"]:.3f} s vs {durations["one"]:.3f} s)')
 
 
 def _sandbox_processes() -> int:
@@ -114,6 +160,7 @@ def main() -> None:
   args = parser.parse_args()
   bench_math(args.data_dir)
   bench_code(args.data_dir, args.num_workers)
+  bench_stdio(args.num_workers)
   containment_table(args.num_workers)
 
 

@@ -24,6 +24,12 @@ Each candidate runs in a fresh Python process (`run_sandboxed`); a
   ones that left the process group with setsid(); the host then kills the
   process group, and after a timeout or a killed supervisor also searches
   /proc (by uid, or by session when not root).
+* The driver and every process it forks die with their parent
+  (PR_SET_PDEATHSIG), so a verification killed with SIGKILL takes its
+  sandboxes with it; what escaped (a daemon that called setsid()) and the
+  `tpt_sandbox_*` directory are removed by the next `CodeVerifier`
+  (`cleanup_stale_sandboxes`, which each sandbox's `owner.json` makes safe
+  for sandboxes of other live processes).
 * Not root: no namespaces and no uid of its own, so sockets are blocked
   inside Python only, the filesystem is protected by file permissions only,
   and RLIMIT_NPROC counts the user's other processes too. This is weaker:
@@ -39,6 +45,10 @@ tricks, not against a program written to introspect the harness's memory
 Verdicts: `passed`, `failed` (the tests ran and raised), `timeout` (wall
 clock or CPU limit), `error` (the program could not be run, or exited or was
 killed before the tests completed), each with a reason.
+
+`run_driver` is the one place a sandbox is made, watched and removed; the
+driver has two modes: 'code' (the above) and 'stdio' (a whole program run
+once per test input, for `stdio_judge`, which judges its outputs).
 """
 
 from __future__ import annotations
