@@ -6,7 +6,9 @@ Prints verifications per second for GSM8K answers (every train solution
 against its own answer), for code (HumanEval's canonical solutions in the
 sandbox pool) and for stdin/stdout programs (the correct programs of
 tests/data/stdio_problems.jsonl, with the judge's median overhead per test),
-then one row per hostile program (the ones in
+the verdict table of those test problems (each with a correct, a
+wrong-answer, a too-slow and a crashing program), then one row per hostile
+program (the ones in
 tests/test_verify_code.py): its verdict, how long it took, and whether it was
 contained (not passed, stopped within its timeout, no process left behind,
 nothing written outside its directory).
@@ -115,6 +117,43 @@ def bench_stdio(num_workers: int, repeats: int = 5) -> None:
         f'tests: {durations["many"]:.3f} s vs {durations["one"]:.3f} s)')
 
 
+def stdio_verdict_table(num_workers: int) -> None:
+  """Each test problem's four programs, judged as the tests judge them."""
+  path = REPO_ROOT / 'tests' / 'data' / 'stdio_problems.jsonl'
+  with path.open(encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  kinds = ('passed', 'wrong_answer', 'timeout', 'runtime_error')
+  tasks = []
+  for record in records:
+    tests = tuple(stdio_judge.StdioTest(i, o)
+                  for name in ('public', 'private', 'generated')
+                  for i, o in zip(record[f'{name}_tests']['input'],
+                                  record[f'{name}_tests']['output']))
+    tasks += [stdio_judge.StdioTask(record['test_programs'][kind], tests,
+                                    record['time_limit']['seconds'])
+              for kind in kinds]
+  factor = 0.4  # As tests/test_verify_stdio.py: 0.4 s per test.
+  options = stdio_judge.JudgeOptions(time_limit_factor=factor,
+                                     float_tolerance=1e-6)
+  with stdio_judge.StdioJudge(options=options,
+                              num_workers=num_workers) as judge:
+    verdicts = judge.judge_many(tasks)
+  print(f'\nstdio test problems (time limit 1 s x {factor}; verdict '
+        '[first failing test]; * = not the expected verdict)')
+  print(f'{"problem":16s} ' + ' '.join(f'{k:>19s}' for k in kinds))
+  right = 0
+  for index, record in enumerate(records):
+    cells = []
+    for kind, verdict in zip(kinds, verdicts[4 * index:4 * index + 4]):
+      where = ('' if verdict.first_failed_test is None else
+               f' [{verdict.first_failed_test}]')
+      mark = '' if verdict.status == kind else '*'
+      right += not mark
+      cells.append(f'{verdict.status + where + mark:>19s}')
+    print(f'{record["name"]:16s} ' + ' '.join(cells))
+  print(f'{right}/{len(verdicts)} programs judged as expected')
+
+
 def _sandbox_processes() -> int:
   """Live processes running as a sandbox uid."""
   return len(code_exec.sandbox_processes())
@@ -161,6 +200,7 @@ def main() -> None:
   bench_math(args.data_dir)
   bench_code(args.data_dir, args.num_workers)
   bench_stdio(args.num_workers)
+  stdio_verdict_table(args.num_workers)
   containment_table(args.num_workers)
 
 
