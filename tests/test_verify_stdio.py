@@ -177,6 +177,14 @@ EDGE_PROGRAMS = {
     'output_is_flushed_at_exit': (
         'import atexit\natexit.register(lambda: print(3))\n',
         ADD_TESTS[:1], 'passed', None),
+    'reads_dev_stdin_and_fd_0': (
+        'a = open("/dev/stdin").read().split()\n'
+        'print(int(a[0]) + int(a[1]))\n', ADD_TESTS, 'passed', None),
+    'imports_numpy_and_pickles_a_main_class': (
+        'import pickle\nimport numpy as np\nclass Pair:\n  pass\n'
+        'pickle.dumps(Pair())\n'
+        'print(int(np.array(input().split(), dtype=int).sum()))\n',
+        ADD_TESTS, 'passed', None),
     'non_daemon_thread_finishes': (
         'import threading, time\n'
         'def work():\n  time.sleep(0.05)\n  print(3)\n'
@@ -330,19 +338,24 @@ def test_hostile_stdio_programs_leave_nothing(hostile_verdicts):
 
 # --- a killed verification leaves nothing behind (issue 18, item 7) -----
 
-_KILLED_HOST = r'''
-import sys
-sys.path.insert(0, sys.argv[1])
-from tpt_jax.verify import stdio_judge as sj
-program = """
+_DAEMON_PROGRAM = """
 import os, time
 if os.fork() == 0:
   os.setsid()  # A daemon: outlives its parent unless killed by uid.
   time.sleep(1000)
 time.sleep(1000)
 """
-sj.judge(sj.StdioTask(program, (sj.StdioTest('', ''),), time_limit_s=500))
-'''
+# A verification (stdin/stdout judge, or the code verifier) of it, to kill.
+_KILLED_HOSTS = {
+    'stdio': (
+        'from tpt_jax.verify import stdio_judge as sj\n'
+        'sj.judge(sj.StdioTask(PROGRAM, (sj.StdioTest("", ""),), '
+        'time_limit_s=500))\n'),
+    'code': (
+        'from tpt_jax.verify import code_exec\n'
+        'code_exec.run_sandboxed(code_exec.CodeTask(PROGRAM), '
+        'code_exec.SandboxLimits(timeout_s=500, cpu_time_s=500))\n'),
+}
 
 
 def _live_processes_of(uid, session):
@@ -352,10 +365,12 @@ def _live_processes_of(uid, session):
   return code_exec._processes(None, session)
 
 
-def test_sigkilled_verification_leaves_no_sandbox(tmp_path):
-  env = {**os.environ, 'TMPDIR': str(tmp_path)}
-  host = subprocess.Popen([sys.executable, '-c', _KILLED_HOST,
-                           str(REPO_ROOT)], env=env)
+@pytest.mark.parametrize('mode', list(_KILLED_HOSTS))
+def test_sigkilled_verification_leaves_no_sandbox(tmp_path, mode):
+  env = {**os.environ, 'TMPDIR': str(tmp_path),
+         'PYTHONPATH': str(REPO_ROOT)}
+  script = f'PROGRAM = {_DAEMON_PROGRAM!r}\n' + _KILLED_HOSTS[mode]
+  host = subprocess.Popen([sys.executable, '-c', script], env=env)
   owner = None
   deadline = time.monotonic() + 60
   while owner is None and time.monotonic() < deadline:

@@ -65,6 +65,9 @@ from tpt_jax.verify import stdio_judge
 NAME = 'code_contests'
 TEST_SETS = ('public', 'private', 'generated')
 TEST_SPLITS = ('test', 'valid')
+# The extracted answers of this task's verdicts (one per status), e.g. to
+# count them per round.
+VERDICTS = stdio_judge.STDIO_STATUSES
 # CodeContests' language id of Python 3 in `solutions.language`.
 PYTHON3 = 3
 INSTRUCTION = (
@@ -369,7 +372,8 @@ def load_split(split: str, config: ml_collections.ConfigDict
                ) -> list[StdioProblem]:
   """The problems of `split` ('train' or 'test'); `config` is config.task."""
   if split not in tasks.SPLITS:
-    raise ValueError(f'split={split!r} is not one of {", ".join(tasks.SPLITS)}.')
+    raise ValueError(
+        f'split={split!r} is not one of {", ".join(tasks.SPLITS)}.')
   section = task_config(config)
   prefix = 'train' if split == 'train' else section.test_split
   sets = test_sets(section.train_test_sets if split == 'train' else
@@ -462,7 +466,6 @@ class CodeContestsTask:
     if not judge_tasks:
       return []
     limits = verify_lib.sandbox_limits(prune_config.code)
-    verdicts = []
     # Problems may differ in tolerance: judge each group with its options.
     groups = collections.defaultdict(list)
     for index, problem in enumerate(problems):

@@ -369,7 +369,8 @@ class StdioJudge:
   """Judges programs `num_workers` sandboxes at a time (the code verifier's
   worker pool); use as a context manager or call `close()`."""
 
-  def __init__(self, limits: code_exec.SandboxLimits = code_exec.SandboxLimits(),
+  def __init__(self,
+               limits: code_exec.SandboxLimits = code_exec.SandboxLimits(),
                options: JudgeOptions = JudgeOptions(), num_workers: int = 0):
     """`num_workers=0` means one per CPU core."""
     self.limits = limits
