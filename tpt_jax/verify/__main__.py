@@ -61,6 +61,21 @@ def _parse_bool(text: str) -> bool:
   raise argparse.ArgumentTypeError(f'expected true or false, got {text!r}')
 
 
+def _positive_float(text: str) -> float:
+  value = float(text)
+  if not 0 < value < float('inf'):
+    raise argparse.ArgumentTypeError(f'expected a number > 0, got {text!r}')
+  return value
+
+
+def _tolerance(text: str) -> float:
+  value = float(text)
+  if not 0 <= value < 1:
+    raise argparse.ArgumentTypeError(f'expected a number in [0, 1), got '
+                                     f'{text!r}')
+  return value
+
+
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='python -m tpt_jax.verify',
@@ -83,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
                       help='code: address-space limit per program.')
   parser.add_argument('--num_workers', type=int, default=0,
                       help='code: programs run at once (0: one per core).')
-  parser.add_argument('--time_limit_factor', type=float, default=1.0,
+  parser.add_argument('--time_limit_factor', type=_positive_float,
+                      default=1.0,
                       help='stdio: multiplies each line\'s time_limit_s.')
-  parser.add_argument('--float_tolerance', type=float, default=0.0,
+  parser.add_argument('--float_tolerance', type=_tolerance, default=0.0,
                       help='stdio: tolerance of real-number outputs (e.g. '
                       '1e-6); 0: exact.')
   return parser
