@@ -4,8 +4,12 @@ r"""Measures the verifiers and shows the sandbox's containment of hostile code.
 
 Prints verifications per second for GSM8K answers (every train solution
 against its own answer; in this process, then in worker processes with a
-per-item time limit) and for code (HumanEval's canonical solutions in the
-sandbox pool), then one row per hostile program (the ones in
+per-item time limit), for code (HumanEval's canonical solutions in the
+sandbox pool) and for stdin/stdout programs (the correct programs of
+tests/data/stdio_problems.jsonl, with the judge's median overhead per test),
+the verdict table of those test problems (each with a correct, a
+wrong-answer, a too-slow and a crashing program), then one row per hostile
+program (the ones in
 tests/test_verify_code.py): its verdict, how long it took, and whether it was
 contained (not passed, stopped within its timeout, no process left behind,
 nothing written outside its directory).
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
+import statistics
 import pathlib
 import sys
 import tempfile
@@ -29,6 +35,7 @@ from tpt_jax import sources
 from tpt_jax.verify import code_exec
 from tpt_jax.verify import math_answers
 from tpt_jax.verify import parallel
+from tpt_jax.verify import stdio_judge
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -81,21 +88,87 @@ def bench_code(data_dir: pathlib.Path, num_workers: int) -> None:
         f'{sorted(v.duration_s for v in verdicts)[len(verdicts) // 2]:.3f} s')
 
 
+def bench_stdio(num_workers: int, repeats: int = 5) -> None:
+  """Programs/s of the stdin/stdout judge, and what one more test costs."""
+  path = REPO_ROOT / 'tests' / 'data' / 'stdio_problems.jsonl'
+  tasks = []
+  with path.open(encoding='utf-8') as f:
+    for line in f:
+      record = json.loads(line)
+      tests = tuple(stdio_judge.StdioTest(i, o)
+                    for name in ('public', 'private', 'generated')
+                    for i, o in zip(record[f'{name}_tests']['input'],
+                                    record[f'{name}_tests']['output']))
+      tasks.append(stdio_judge.StdioTask(record['test_programs']['passed'],
+                                         tests, 2.0))
+  tasks *= repeats
+  num_tests = sum(len(task.tests) for task in tasks)
+  # The code_contests task's tolerance: two problems print real numbers.
+  options = stdio_judge.JudgeOptions(float_tolerance=1e-6)
+  with stdio_judge.StdioJudge(options=options,
+                              num_workers=num_workers) as judge:
+    start = time.perf_counter()
+    verdicts = judge.judge_many(tasks)
+    elapsed = time.perf_counter() - start
+    workers = judge.num_workers
+  passed = sum(v.passed for v in verdicts)
+  # The judge's own cost per test: an echo program on 101 tests vs on 1,
+  # judged one at a time (median of 7 each).
+  echo = 'print(input())\n'
+  one = stdio_judge.StdioTask(echo, (stdio_judge.StdioTest('7\n', '7'),))
+  many = stdio_judge.StdioTask(echo, one.tests * 101)
+  durations = {}
+  for name, task in (('one', one), ('many', many)):
+    durations[name] = statistics.median(
+        stdio_judge.judge(task).duration_s for _ in range(7))
+  per_test_ms = 1000 * (durations['many'] - durations['one']) / 100
+  print(f'stdio ({len(tasks)} correct programs of the test problems, '
+        f'{num_tests} tests, {workers} workers): {passed} passed, '
+        f'{elapsed:.2f} s, {len(tasks) / elapsed:.1f} programs/s; median '
+        f'per-test overhead {per_test_ms:.1f} ms (echo program, 101 vs 1 '
+        f'tests: {durations["many"]:.3f} s vs {durations["one"]:.3f} s)')
+
+
+def stdio_verdict_table(num_workers: int) -> None:
+  """Each test problem's four programs, judged as the tests judge them."""
+  path = REPO_ROOT / 'tests' / 'data' / 'stdio_problems.jsonl'
+  with path.open(encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  kinds = ('passed', 'wrong_answer', 'timeout', 'runtime_error')
+  tasks = []
+  for record in records:
+    tests = tuple(stdio_judge.StdioTest(i, o)
+                  for name in ('public', 'private', 'generated')
+                  for i, o in zip(record[f'{name}_tests']['input'],
+                                  record[f'{name}_tests']['output']))
+    tasks += [stdio_judge.StdioTask(record['test_programs'][kind], tests,
+                                    record['time_limit']['seconds'])
+              for kind in kinds]
+  factor = 0.4  # As tests/test_verify_stdio.py: 0.4 s per test.
+  options = stdio_judge.JudgeOptions(time_limit_factor=factor,
+                                     float_tolerance=1e-6)
+  with stdio_judge.StdioJudge(options=options,
+                              num_workers=num_workers) as judge:
+    verdicts = judge.judge_many(tasks)
+  print(f'\nstdio test problems (time limit 1 s x {factor}; verdict '
+        '[first failing test]; * = not the expected verdict)')
+  print(f'{"problem":16s} ' + ' '.join(f'{k:>19s}' for k in kinds))
+  right = 0
+  for index, record in enumerate(records):
+    cells = []
+    for kind, verdict in zip(kinds, verdicts[4 * index:4 * index + 4]):
+      where = ('' if verdict.first_failed_test is None else
+               f' [{verdict.first_failed_test}]')
+      mark = '' if verdict.status == kind else '*'
+      right += not mark
+      cells.append(f'{verdict.status + where + mark:>19s}')
+    print(f'{record["name"]:16s} ' + ' '.join(cells))
+  print(f'{right}/{len(verdicts)} programs judged as expected')
+
+
 def _sandbox_processes() -> int:
   """Live processes running as a sandbox uid."""
-  # pylint: disable-next=protected-access
-  low, high = code_exec._UID_LOW, code_exec._UID_HIGH
-  count = 0
-  for name in os.listdir('/proc'):
-    if name.isdigit():
-      try:
-        uid = os.stat(f'/proc/{name}').st_uid
-        with open(f'/proc/{name}/stat', 'rb') as stat:
-          state = stat.read().rsplit(b')', 1)[1].split()[0]
-      except (OSError, IndexError):
-        continue
-      count += low <= uid < high and state != b'Z'
-  return count
+  return len(code_exec.sandbox_processes())
 
 
 def containment_table(num_workers: int) -> None:
@@ -139,6 +212,8 @@ def main() -> None:
   args = parser.parse_args()
   bench_math(args.data_dir, args.num_workers)
   bench_code(args.data_dir, args.num_workers)
+  bench_stdio(args.num_workers)
+  stdio_verdict_table(args.num_workers)
   containment_table(args.num_workers)
 
 

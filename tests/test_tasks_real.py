@@ -50,7 +50,7 @@ def mbpp_problems():
 # -------------------------------------------------------------- registry ----
 
 def test_task_names_lists_the_real_tasks():
-  assert tasks.task_names() == ['demo', 'gsm8k', 'mbpp']
+  assert tasks.task_names() == ['code_contests', 'demo', 'gsm8k', 'mbpp']
   for name in tasks.task_names():
     task = tasks.get_task(name)
     assert isinstance(task, tasks.Task)
@@ -61,6 +61,7 @@ def test_majority_vote_flags():
   assert tasks.get_task('demo').majority_vote
   assert tasks.get_task('gsm8k').majority_vote
   assert not tasks.get_task('mbpp').majority_vote
+  assert not tasks.get_task('code_contests').majority_vote
 
 
 def test_verify_all_needs_one_problem_per_completion():

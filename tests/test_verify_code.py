@@ -85,19 +85,7 @@ HOSTILE_PROGRAMS = {
 
 def _sandbox_processes() -> list[int]:
   """Live processes running as a sandbox uid (root mode) right now."""
-  found = []
-  for name in os.listdir('/proc'):
-    if not name.isdigit():
-      continue
-    try:
-      uid = os.stat(f'/proc/{name}').st_uid
-      with open(f'/proc/{name}/stat', 'rb') as stat:
-        state = stat.read().rsplit(b')', 1)[1].split()[0]
-    except (OSError, IndexError):
-      continue
-    if code_exec._UID_LOW <= uid < code_exec._UID_HIGH and state != b'Z':
-      found.append(int(name))
-  return found
+  return code_exec.sandbox_processes()
 
 
 @pytest.fixture(scope='module')

@@ -108,6 +108,8 @@ def base_config() -> ml_collections.ConfigDict:
   # --- stage sections: each stage module owns its defaults ------------------
   config.task = tasks.default_config()
   config.task.sources = sources.default_config()
+  for name, section in tasks.task_sections().items():
+    config.task[name] = section
   config.sampling = sampling.default_config()
   config.verify = verify.default_config()
   config.prune = prune.default_config()

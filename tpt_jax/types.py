@@ -37,6 +37,10 @@ class Problem:
     test_code: code: Python run after the candidate (HumanEval: it defines
       `check(candidate)`).
     entry_point: HumanEval: the function passed to `check`.
+    stdio_tests: code judged on stdin/stdout (CodeContests): the tests, each
+      with `input` and `output` (`verify.stdio_judge.StdioTest`).
+    time_limit_s: stdin/stdout code: the time limit per test.
+    float_tolerance: stdin/stdout code: tolerance of real-number outputs.
     source: which data set the problem came from.
   """
   problem_id: str
@@ -47,12 +51,15 @@ class Problem:
   test_setup_code: str = ''
   test_code: str = ''
   entry_point: str = ''
+  stdio_tests: tuple[Any, ...] = ()
+  time_limit_s: float = 0.0
+  float_tolerance: float = 0.0
   source: str = ''
 
   @property
   def is_code(self) -> bool:
     """Whether the answer is checked by running tests."""
-    return bool(self.test_list or self.test_code)
+    return bool(self.test_list or self.test_code or self.stdio_tests)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,10 +116,22 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def task_sections() -> dict[str, ml_collections.ConfigDict]:
+  """`config.task.<name>` of each task module with a `default_config()`
+  (its own fields, e.g. `config.task.code_contests.path`)."""
+  sections = {}
+  for name in task_names():
+    module = importlib.import_module(f'{__name__}.{name}')
+    if hasattr(module, 'default_config'):
+      sections[name] = module.default_config()
+  return sections
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first `config.task` field not allowed.
 
-  Checks what every task shares; a task checks its own fields when loading.
+  Checks what every task shares, and the chosen task's own section with its
+  module's `validate_config` (when it has one).
   """
   if config.name not in task_names():
     raise config_fields.ConfigError(
@@ -133,6 +145,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise config_fields.ConfigError(
         f'config.task.num_few_shot={config.num_few_shot} must not be '
         'negative.')
+  module = importlib.import_module(f'{__name__}.{config.name}')
+  if hasattr(module, 'validate_config') and config.get(config.name):
+    module.validate_config(config[config.name])
   if (config.prompt_style == 'few_shot') != (config.num_few_shot > 0):
     raise config_fields.ConfigError(
         f'config.task.num_few_shot={config.num_few_shot} does not fit '

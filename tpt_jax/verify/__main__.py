@@ -9,6 +9,10 @@ Input: one JSON object per line.
   --task=code: {"program": ..., "test": ...}; the test is Python that raises
     on failure, run after the program in its namespace (optional
     "entry_point": then `check(<entry_point>)` is called too, as HumanEval).
+  --task=stdio: {"program": ..., "tests": [{"input": ..., "output": ...}],
+    "time_limit_s"?: per test, default 2}; judged on stdin/stdout
+    (`verify.stdio_judge`); adds "status" (passed, wrong_answer, ...),
+    "first_failed_test" (index, or null) and "reason".
 Output: each input object plus "correct" and "extracted" (math) or "status"
 and "reason" (code), in input order. The output file is written atomically:
 it appears complete or not at all. The last line printed is a summary:
@@ -38,12 +42,14 @@ from typing import Any
 from tpt_jax.verify import code_exec
 from tpt_jax.verify import graders
 from tpt_jax.verify import math_latex
+from tpt_jax.verify import stdio_judge
 
-TASKS = ('gsm8k', 'math', 'code')
+TASKS = ('gsm8k', 'math', 'code', 'stdio')
 _FIELDS = {
     'gsm8k': {'completion': (str,), 'answer': (str, int, float)},
     'math': {'completion': (str,), 'answer': (str, int, float)},
     'code': {'program': (str,), 'test': (str,)},
+    'stdio': {'program': (str,), 'tests': (list,)},
 }
 _OPTIONAL_FIELDS = {'code': {'entry_point': (str,)}}
 
@@ -59,6 +65,21 @@ def _parse_bool(text: str) -> bool:
   if lowered in ('0', 'false', 'no'):
     return False
   raise argparse.ArgumentTypeError(f'expected true or false, got {text!r}')
+
+
+def _positive_float(text: str) -> float:
+  value = float(text)
+  if not 0 < value < float('inf'):
+    raise argparse.ArgumentTypeError(f'expected a number > 0, got {text!r}')
+  return value
+
+
+def _tolerance(text: str) -> float:
+  value = float(text)
+  if not 0 <= value < 1:
+    raise argparse.ArgumentTypeError(f'expected a number in [0, 1), got '
+                                     f'{text!r}')
+  return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
                       help='code: address-space limit per program.')
   parser.add_argument('--num_workers', type=int, default=0,
                       help='code: programs run at once (0: one per core).')
+  parser.add_argument('--time_limit_factor', type=_positive_float,
+                      default=1.0,
+                      help='stdio: multiplies each line\'s time_limit_s.')
+  parser.add_argument('--float_tolerance', type=_tolerance, default=0.0,
+                      help='stdio: tolerance of real-number outputs (e.g. '
+                      '1e-6); 0: exact.')
   return parser
 
 
@@ -120,6 +147,11 @@ def read_records(path: str, task: str) -> list[dict[str, Any]]:
           if name in record and not isinstance(record[name], types):
             raise InputError(f'{path}:{line_number}: field {name!r} must be '
                              'a string')
+        if task == 'stdio':
+          try:
+            stdio_judge.task_from_record(record)
+          except ValueError as e:
+            raise InputError(f'{path}:{line_number}: {e}') from e
         records.append(record)
   except UnicodeDecodeError as e:
     raise InputError(f'{path}: not UTF-8 text ({e})') from e
@@ -147,6 +179,20 @@ def verify_records(records: Sequence[dict[str, Any]], task: str,
                                          checker=checker)
         out.append({**record, 'correct': verdict.correct,
                     'extracted': verdict.extracted})
+  elif task == 'stdio':
+    options = stdio_judge.JudgeOptions(
+        time_limit_factor=args.time_limit_factor,
+        float_tolerance=args.float_tolerance)
+    with stdio_judge.StdioJudge(
+        code_exec.SandboxLimits(memory_mb=args.memory_mb), options,
+        args.num_workers) as judge:
+      verdicts = judge.judge_many(
+          [stdio_judge.task_from_record(r) for r in records])
+    for record, verdict in zip(records, verdicts):
+      out.append({**record, 'correct': verdict.passed,
+                  'status': verdict.status,
+                  'first_failed_test': verdict.first_failed_test,
+                  'reason': verdict.reason})
   else:
     limits = code_exec.SandboxLimits(timeout_s=args.timeout_s,
                                      cpu_time_s=args.cpu_time_s,

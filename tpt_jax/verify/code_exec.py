@@ -24,6 +24,12 @@ Each candidate runs in a fresh Python process (`run_sandboxed`); a
   ones that left the process group with setsid(); the host then kills the
   process group, and after a timeout or a killed supervisor also searches
   /proc (by uid, or by session when not root).
+* The driver and every process it forks die with their parent
+  (PR_SET_PDEATHSIG), so a verification killed with SIGKILL takes its
+  sandboxes with it; what escaped (a daemon that called setsid()) and the
+  `tpt_sandbox_*` directory are removed by the next `CodeVerifier`
+  (`cleanup_stale_sandboxes`, which each sandbox's `owner.json` makes safe
+  for sandboxes of other live processes).
 * Not root: no namespaces and no uid of its own, so sockets are blocked
   inside Python only, the filesystem is protected by file permissions only,
   and RLIMIT_NPROC counts the user's other processes too. This is weaker:
@@ -39,13 +45,18 @@ tricks, not against a program written to introspect the harness's memory
 Verdicts: `passed`, `failed` (the tests ran and raised), `timeout` (wall
 clock or CPU limit), `error` (the program could not be run, or exited or was
 killed before the tests completed), each with a reason.
+
+`run_driver` is the one place a sandbox is made, watched and removed; the
+driver has two modes: 'code' (the above) and 'stdio' (a whole program run
+once per test input, for `stdio_judge`, which judges its outputs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 import concurrent.futures
 import dataclasses
+import json
 import marshal
 import os
 import re
@@ -58,6 +69,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from typing import Any
 
 STATUS_PASSED = 'passed'
 STATUS_FAILED = 'failed'
@@ -71,6 +83,12 @@ _KEPT_OUTPUT_CHARS = 2000
 _UID_LOW, _UID_HIGH = 1 << 20, 1 << 30
 # How long cleanup keeps killing leftover processes before giving up.
 _CLEANUP_S = 2.0
+# Every sandbox is a directory of this prefix in the temporary directory,
+# holding _OWNER_FILE (its host process, uid and session) while it runs.
+_SANDBOX_PREFIX = 'tpt_sandbox_'
+_OWNER_FILE = 'owner.json'
+# A sandbox directory without an owner record is stale after this long.
+_OWNERLESS_MAX_AGE_S = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +219,9 @@ def main():
     # One line of space-separated fields: nonce, pid, then key=hex(value).
     fields = [nonce, str(getpid())]
     for key, value in message.items():
-      fields.append(key + '=' + str(value).encode('utf-8', 'replace').hex())
+      if not isinstance(value, bytes):
+        value = str(value).encode('utf-8', 'replace')
+      fields.append(key + '=' + value.hex())
     try:
       write(result_fd, (' '.join(fields) + '\n').encode())
     except BaseException:
@@ -218,6 +238,8 @@ def main():
   try:
     if job['uid'] is not None:
       isolated_network = isolate(job, job['workdir'], job['uid'])
+    # Die with the host (set after the uid change, which clears it).
+    die_with_parent(job['host_pid'])
     set_limits(job)
   except BaseException as e:
     report({'status': 'error',
@@ -228,10 +250,22 @@ def main():
   # so it can kill and reap them (even those that left with setsid()).
   import ctypes
   ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+  if job['mode'] == 'stdio':
+    job['isolated_network'] = isolated_network
+    run_stdio(job, report, describe)
+  supervisor = getpid()
   child = os.fork()
   if child:
     supervise(child, job, report)
+  die_with_parent(supervisor)
   run_candidate(job, report, describe, isolated_network)
+
+def die_with_parent(parent):
+  """SIGKILL this process when `parent` dies (PR_SET_PDEATHSIG)."""
+  import ctypes
+  ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+  if os.getppid() != parent:  # It died before the signal was armed.
+    os._exit(71)
 
 def isolate(job, workdir, uid):
   """Read-only filesystem but `workdir`, no network, unprivileged `uid`."""
@@ -292,7 +326,8 @@ def set_limits(job):
   cpu = job['cpu_time_s']
   resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
   limit(resource.RLIMIT_AS, job['memory_bytes'])
-  limit(resource.RLIMIT_FSIZE, job['max_output_bytes'])
+  limit(resource.RLIMIT_FSIZE, job.get('supervisor_file_bytes',
+                                      job['max_output_bytes']))
   limit(resource.RLIMIT_NOFILE, job['max_open_files'])
   limit(resource.RLIMIT_CORE, 0)
   processes = job['max_processes']
@@ -318,8 +353,22 @@ def supervise(child, job, report):
       continue
   report({'supervisor': 1, 'wait_status': status,
           'cpu_s': usage.ru_utime + usage.ru_stime})
+  os._exit(0 if kill_descendants(job) else 3)
+
+def kill_descendants(job):
+  """Kills and reaps every process the candidate left; whether none is left.
+
+  With a sandbox uid: every process of that uid but this one; else this
+  process's children (orphans come to it: it is a child subreaper).
+  """
+  import time
   me = str(os.getpid()).encode()
-  for _ in range(1000):
+  deadline = time.monotonic() + 2.0
+  rounds = 0
+  while rounds < 1000 or time.monotonic() < deadline:
+    rounds += 1
+    if rounds > 1000:
+      time.sleep(0.001)  # Let processes caught mid-fork finish forking.
     if job['uid'] is not None:
       try:
         os.kill(-1, signal.SIGKILL)  # Every process of the sandbox uid but us.
@@ -337,8 +386,8 @@ def supervise(child, job, report):
       while os.waitpid(-1, os.WNOHANG)[0]:
         pass
     except ChildProcessError:
-      os._exit(0)  # No descendant left: the host need not look for any.
-  os._exit(3)
+      return True  # No descendant left.
+  return False
 
 def block_sockets():
   import socket
@@ -401,6 +450,210 @@ def run_candidate(job, report, describe, isolated_network):
     finish('failed', stage + ' raised ' + describe(e))
   finish('passed', '')
 
+def run_stdio(job, report, describe):
+  """Runs the program once per input, each in a fresh forked child.
+
+  Reports one message per test (how the child ended, its CPU and wall time,
+  its stdout and the start of its stderr); the host compares the outputs
+  (the expected outputs never enter the sandbox). Never returns.
+  """
+  import time
+  try:
+    code = compile(job['program'], '<program>', 'exec')
+  except BaseException as e:
+    report({'status': 'syntax_error', 'reason': describe(e)})
+    os._exit(0)
+  cpu_limit, wall_limit = job['test_cpu_s'], job['test_wall_s']
+  ticks = os.sysconf('SC_CLK_TCK')
+  supervisor = os.getpid()
+  for index, data in enumerate(job['inputs']):
+    stdin_fd = scratch_file(job, 'stdin')
+    write_all(stdin_fd, data)
+    os.lseek(stdin_fd, 0, os.SEEK_SET)
+    stdout_fd, stderr_fd = scratch_file(job, 'stdout'), scratch_file(job,
+                                                                     'stderr')
+    status_read, status_write = os.pipe()
+    start = time.monotonic()
+    child = os.fork()
+    if not child:
+      os.close(status_read)
+      run_test(code, job, supervisor, stdin_fd, stdout_fd, stderr_fd,
+               status_write)
+    os.close(status_write)
+    os.close(stdin_fd)
+    status, cpu_s, killed = wait_test(child, cpu_limit, wall_limit, start,
+                                      ticks)
+    wall_s = time.monotonic() - start
+    left_processes = not kill_descendants(job)
+    os.set_blocking(status_read, False)
+    try:
+      flags = os.read(status_read, 16)
+    except OSError:
+      flags = b''
+    os.close(status_read)
+    output_bytes = os.fstat(stdout_fd).st_size
+    stdout = read_back(stdout_fd, job['max_output_bytes'] + 1)
+    stderr = read_back(stderr_fd, 2000)
+    report({'test': index, 'wait_status': status, 'cpu_s': cpu_s,
+            'wall_s': wall_s, 'time_killed': int(killed),
+            'memory': int(flags[:1] == b'M'), 'setup_failed':
+            int(flags[:1] == b'S'), 'output_bytes': output_bytes,
+            'left_processes': int(left_processes), 'stdout': stdout,
+            'stderr': stderr})
+    if left_processes:
+      os._exit(3)  # The host kills them by uid (or session).
+  report({'done': len(job['inputs'])})
+  os._exit(0)
+
+def write_all(fd, data):
+  view = memoryview(data)
+  while view:
+    view = view[os.write(fd, view):]
+
+def scratch_file(job, name):
+  """A new anonymous file (memfd, else an unlinked file in the workdir)."""
+  try:
+    return os.memfd_create(name, 0)
+  except (AttributeError, OSError):
+    path = os.path.join(job['workdir'], '.%s_%d' % (name, os.getpid()))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
+    os.unlink(path)
+    return fd
+
+def read_back(fd, limit):
+  os.lseek(fd, 0, os.SEEK_SET)
+  chunks, total = [], 0
+  while total < limit:
+    chunk = os.read(fd, min(1 << 20, limit - total))
+    if not chunk:
+      break
+    chunks.append(chunk)
+    total += len(chunk)
+  os.close(fd)
+  return b''.join(chunks)
+
+def cpu_seconds(pid, ticks):
+  try:
+    with open('/proc/%d/stat' % pid, 'rb') as stat:
+      fields = stat.read().rsplit(b')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks
+  except (OSError, ValueError, IndexError):
+    return 0.0
+
+def wait_test(child, cpu_limit, wall_limit, start, ticks):
+  """Waits for a test's child, killing it past its CPU or wall limit.
+
+  Returns (wait status, CPU seconds, whether it was killed for time).
+  """
+  import select, time
+  try:
+    pidfd = os.pidfd_open(child)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+  except (AttributeError, OSError):
+    poller = None
+  killed = False
+  while True:
+    pid, status, usage = os.wait4(child, 0 if killed else os.WNOHANG)
+    if pid:
+      break
+    elapsed = time.monotonic() - start
+    cpu = cpu_seconds(child, ticks)
+    if cpu > cpu_limit or elapsed > wall_limit:
+      os.kill(child, signal.SIGKILL)
+      killed = True
+      continue
+    # CPU time grows no faster than wall time (one thread at a time).
+    pause = max(0.002, min(cpu_limit - cpu, wall_limit - elapsed) + 0.001)
+    if poller is not None:
+      poller.poll(pause * 1000)
+    else:
+      time.sleep(min(pause, 0.005))
+  if poller is not None:
+    os.close(pidfd)
+  return status, usage.ru_utime + usage.ru_stime, killed
+
+def run_test(code, job, supervisor, stdin_fd, stdout_fd, stderr_fd,
+             status_fd):
+  """The child of one test: the program as `python3 program.py < input`."""
+  import io, types
+  try:
+    die_with_parent(supervisor)
+    for target, fd in ((0, stdin_fd), (1, stdout_fd), (2, stderr_fd)):
+      os.dup2(fd, target)
+    for fd in (stdin_fd, stdout_fd, stderr_fd, job['result_fd']):
+      os.close(fd)
+    output_cap = job['max_output_bytes'] + 1
+    resource.setrlimit(resource.RLIMIT_FSIZE, (output_cap, output_cap))
+    cpu = job['test_cpu_backstop_s']
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    # Python ignores SIGXFSZ; a program writing past the cap is killed.
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    # Streams as Python makes them for files: stdout fully buffered.
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(0, 'r', closefd=False)),
+        encoding='utf-8', errors='strict', newline='\n')
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(1, 'w', closefd=False)),
+        encoding='utf-8', errors='strict', newline='\n')
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
+        io.BufferedWriter(io.FileIO(2, 'w', closefd=False)),
+        encoding='utf-8', errors='backslashreplace', newline='\n',
+        line_buffering=True)
+    if not job['isolated_network']:
+      block_sockets()
+    sys.path.extend(job['site_packages'])
+    import builtins
+    builtins.exit = builtins.quit = sys.exit
+    sys.argv = ['program.py']
+    main_module = types.ModuleType('__main__')
+    main_module.__builtins__ = builtins
+    sys.modules['__main__'] = main_module
+  except BaseException:
+    os.write(status_fd, b'S')
+    os._exit(70)
+  exit_code = 0
+  try:
+    exec(code, main_module.__dict__)
+  except SystemExit as e:
+    exit_code = exit_status(e.code)
+  except BaseException as e:
+    if isinstance(e, MemoryError):
+      os.write(status_fd, b'M')
+    exit_code = 1
+    try:
+      sys.__excepthook__(type(e), e, e.__traceback__)
+    except BaseException:
+      pass
+  try:
+    threading = sys.modules.get('threading')
+    if threading is not None:
+      threading._shutdown()
+    import atexit
+    atexit._run_exitfuncs()
+  except SystemExit as e:
+    exit_code = exit_status(e.code)
+  except BaseException:
+    pass
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except BaseException:
+      exit_code = exit_code or 120  # As Python when flushing at exit fails.
+  os._exit(exit_code)
+
+def exit_status(code):
+  """The exit status of SystemExit(code), as Python computes it."""
+  if code is None:
+    return 0
+  if isinstance(code, int):
+    return code & 0xff
+  try:
+    sys.stderr.write(str(code) + '\n')
+  except BaseException:
+    pass
+  return 1
+
 main()
 '''
 
@@ -426,41 +679,51 @@ def _site_packages() -> list[str]:
   return sorted({paths['purelib'], paths['platlib']})
 
 
-def _wait(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
-  """Waits up to `timeout_s` for `process` to exit; whether it did."""
+def _process_uid_and_state(pid: int) -> tuple[int, bytes] | None:
+  """(real uid, state letter) of process `pid`, or None if it is gone.
+
+  Read from /proc/<pid>/status: sandbox processes changed their uid, which
+  makes them non-dumpable, so /proc/<pid> itself is owned by root.
+  """
   try:
-    pidfd = os.pidfd_open(process.pid)
-  except (AttributeError, OSError):
-    try:
-      process.wait(timeout_s)
-      return True
-    except subprocess.TimeoutExpired:
-      return False
-  try:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    deadline = time.monotonic() + timeout_s
-    while True:
-      remaining = deadline - time.monotonic()
-      if remaining <= 0 or poller.poll(remaining * 1000):
-        break
-  finally:
-    os.close(pidfd)
-  return process.poll() is not None
+    with open(f'/proc/{pid}/status', 'rb') as status:
+      fields = dict(line.split(b':', 1) for line in status.read().splitlines()
+                    if b':' in line)
+    return int(fields[b'Uid'].split()[0]), fields[b'State'].split()[0]
+  except (OSError, KeyError, ValueError, IndexError):
+    return None
 
 
-def _processes(uid: int | None, session: int) -> list[int]:
-  """Live (non-zombie) processes of the sandbox: by uid if set, else session."""
+def sandbox_processes(uid: int | None = None) -> list[int]:
+  """Live (non-zombie) processes running as sandbox uid `uid`, or as any
+  sandbox uid when None (root mode; as a user there are none)."""
+  found = []
+  for name in os.listdir('/proc'):
+    if not name.isdigit():
+      continue
+    info = _process_uid_and_state(int(name))
+    if info is None or info[1] in (b'Z', b'X'):
+      continue
+    if (info[0] == uid if uid is not None else
+        _UID_LOW <= info[0] < _UID_HIGH):
+      found.append(int(name))
+  return found
+
+
+def _processes(uid: int | None, session: int | None) -> list[int]:
+  """Live (non-zombie) processes of the sandbox: by uid if set, else session.
+  """
+  if uid is not None:
+    return sandbox_processes(uid)
+  if session is None:
+    return []
   found = []
   for name in os.listdir('/proc'):
     if not name.isdigit():
       continue
     pid = int(name)
     try:
-      if uid is not None:
-        if os.stat(f'/proc/{name}').st_uid != uid:
-          continue
-      elif os.getsid(pid) != session:
+      if os.getsid(pid) != session:
         continue
       with open(f'/proc/{name}/stat', 'rb') as stat:
         state = stat.read().rsplit(b')', 1)[1].split()[0]
@@ -471,16 +734,19 @@ def _processes(uid: int | None, session: int) -> list[int]:
   return found
 
 
-def _kill_sandbox(session: int, uid: int | None, scan: bool = True) -> int:
+def _kill_sandbox(session: int | None, uid: int | None,
+                  scan: bool = True) -> int:
   """Kills every process of the sandbox; returns how many were left over.
 
-  `scan=False` only signals the process group: enough when the supervisor
-  has already killed and reaped every descendant.
+  `session` is the driver's pid (its process group and session; None when
+  unknown). `scan=False` only signals the process group: enough when the
+  supervisor has already killed and reaped every descendant.
   """
-  try:
-    os.killpg(session, signal.SIGKILL)
-  except OSError:
-    pass
+  if session is not None and session > 0:
+    try:
+      os.killpg(session, signal.SIGKILL)
+    except OSError:
+      pass
   if not scan:
     return 0
   leftovers = 0
@@ -498,8 +764,12 @@ def _kill_sandbox(session: int, uid: int | None, scan: bool = True) -> int:
     time.sleep(0.005)
 
 
-def _parse_message(line: bytes) -> dict[str, str] | None:
-  """A harness message: 'nonce pid key=hexvalue ...' -> dict, or None."""
+def _parse_message(line: bytes, raw_keys: frozenset[str] = frozenset()
+                   ) -> dict[str, str | bytes] | None:
+  """A harness message: 'nonce pid key=hexvalue ...' -> dict, or None.
+
+  Values are text, except those of `raw_keys`, kept as bytes.
+  """
   fields = line.split()
   if len(fields) < 2:
     return None
@@ -508,32 +778,130 @@ def _parse_message(line: bytes) -> dict[str, str] | None:
   for field in fields[2:]:
     key, _, value = field.partition(b'=')
     try:
-      message[key.decode('ascii')] = bytes.fromhex(value.decode('ascii')
-                                                  ).decode('utf-8', 'replace')
+      name = key.decode('ascii')
+      raw = bytes.fromhex(value.decode('ascii'))
     except ValueError:
       return None
+    message[name] = raw if name in raw_keys else raw.decode('utf-8',
+                                                            'replace')
   return message
 
 
-def _read_messages(fd: int) -> list[dict[str, str]]:
-  os.set_blocking(fd, False)
-  chunks = []
-  total = 0
-  while total < (1 << 20):
+@dataclasses.dataclass(frozen=True)
+class _DriverRun:
+  """How a sandbox driver process ended (see `_run_driver`)."""
+  timed_out: bool
+  stopped: bool
+  returncode: int | None
+  duration_s: float
+  stdout: str
+  stderr: str
+
+
+class _MessageReader:
+  """Reads the result pipe while the driver runs: whole lines, bounded."""
+
+  def __init__(self, fd: int, nonce: str, raw_keys: frozenset[str],
+               max_line_bytes: int, max_total_bytes: int):
+    self.fd = fd
+    self.open = True
+    self._nonce = nonce
+    self._raw_keys = raw_keys
+    self._max_line_bytes = max_line_bytes
+    self._max_total_bytes = max_total_bytes
+    self._pending = bytearray()
+    self._total = 0
+    os.set_blocking(fd, False)
+
+  def read(self) -> list[dict[str, str | bytes]]:
+    """The complete messages of this driver available now."""
+    messages = []
+    while self.open:
+      try:
+        chunk = os.read(self.fd, 1 << 20)
+      except BlockingIOError:
+        break
+      if not chunk:
+        self.open = False
+        break
+      self._total += len(chunk)
+      self._pending += chunk
+      while True:
+        end = self._pending.find(b'\n')
+        if end < 0:
+          break
+        message = _parse_message(bytes(self._pending[:end]), self._raw_keys)
+        del self._pending[:end + 1]
+        if message is not None and message['nonce'] == self._nonce:
+          messages.append(message)
+      if (len(self._pending) > self._max_line_bytes or
+          self._total > self._max_total_bytes):
+        self.open = False  # A flood: stop reading, the rest is not trusted.
+    return messages
+
+
+def _process_start_time(pid: int) -> int | None:
+  """The start time of process `pid` in clock ticks since boot, or None."""
+  try:
+    with open(f'/proc/{pid}/stat', 'rb') as stat:
+      return int(stat.read().rsplit(b')', 1)[1].split()[19])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def _write_owner(base: str, owner: dict[str, int | None]) -> None:
+  """Records who runs the sandbox in `base` (for `cleanup_stale_sandboxes`)."""
+  temporary = os.path.join(base, _OWNER_FILE + '.tmp')
+  with open(temporary, 'w', encoding='utf-8') as f:
+    json.dump(owner, f)
+  os.replace(temporary, os.path.join(base, _OWNER_FILE))
+
+
+def cleanup_stale_sandboxes(directory: str | None = None) -> int:
+  """Removes the sandboxes of verifications that were killed.
+
+  A sandbox directory (`tpt_sandbox_*` in `directory`, by default the
+  temporary directory) records the host process that runs it. When that
+  process is gone (killed before it could clean up), every process still
+  running in the sandbox (by its uid, or its session when not root) is
+  killed and the directory removed. A directory without the record (older
+  versions, or a host killed within microseconds of creating it) is removed
+  once it is `_OWNERLESS_MAX_AGE_S` old. Live sandboxes are left alone.
+
+  Returns:
+    How many sandboxes were removed.
+  """
+  directory = directory or tempfile.gettempdir()
+  try:
+    names = [n for n in os.listdir(directory)
+             if n.startswith(_SANDBOX_PREFIX)]
+  except OSError:
+    return 0
+  removed = 0
+  for name in names:
+    base = os.path.join(directory, name)
     try:
-      chunk = os.read(fd, 65536)
-    except BlockingIOError:
-      break
-    if not chunk:
-      break
-    chunks.append(chunk)
-    total += len(chunk)
-  messages = []
-  for line in b''.join(chunks).splitlines():
-    message = _parse_message(line)
-    if message is not None:
-      messages.append(message)
-  return messages
+      with open(os.path.join(base, _OWNER_FILE), encoding='utf-8') as f:
+        owner = json.load(f)
+      host_pid, host_start = int(owner['host_pid']), owner['host_start']
+      uid, session = owner.get('uid'), owner.get('session')
+    except FileNotFoundError:
+      try:
+        age_s = time.time() - os.stat(base).st_mtime
+      except OSError:
+        continue
+      if age_s < _OWNERLESS_MAX_AGE_S:
+        continue
+      uid = session = None
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+    else:
+      if _process_start_time(host_pid) == host_start:
+        continue  # Its host still runs it.
+      _kill_sandbox(session, uid)
+    shutil.rmtree(base, ignore_errors=True)
+    removed += not os.path.exists(base)
+  return removed
 
 
 def _read_start(path: str) -> str:
@@ -556,15 +924,12 @@ def _describe_wait_status(status: int) -> str:
   return f'ended with wait status {status}'
 
 
-def _judge(messages: Sequence[dict[str, str]], nonce: str, timed_out: bool,
-           returncode: int | None, limits: SandboxLimits) -> tuple[str, str]:
-  """The (status, reason) of a run from the harness's messages."""
-  ours = [m for m in messages if m.get('nonce') == nonce]
-  reports = [m for m in ours if m.get('status') in STATUSES]
-  supervisor = next((m for m in ours if m.get('supervisor')), None)
-  if timed_out:
-    return STATUS_TIMEOUT, (f'exceeded the {limits.timeout_s:g} s wall-clock '
-                            'limit')
+def _judge(messages: Sequence[dict[str, str]], returncode: int | None,
+           limits: SandboxLimits) -> tuple[str, str]:
+  """The (status, reason) of a run from the harness's messages (all carrying
+  its nonce) when it did not time out."""
+  reports = [m for m in messages if m.get('status') in STATUSES]
+  supervisor = next((m for m in messages if m.get('supervisor')), None)
   not_passed = [r for r in reports if r['status'] != STATUS_PASSED]
   if not_passed:
     return not_passed[0]['status'], str(not_passed[0].get('reason', ''))
@@ -613,13 +978,64 @@ def _run_sandboxed(task: CodeTask, limits: SandboxLimits,
                    start: float) -> CodeVerdict:
   if not isinstance(task.program, str):
     return CodeVerdict(STATUS_ERROR, 'the program is not a string')
+  job = {
+      'mode': 'code', 'program': task.program,
+      'test_code': task.test_code, 'test_list': list(task.test_list),
+      'entry_point': task.entry_point,
+      'test_setup_code': task.test_setup_code,
+  }
+  messages = []
+
+  def keep(message: dict[str, str | bytes]) -> bool:
+    messages.append(message)
+    return False  # Never stop early: the verdict needs every message.
+
+  run = run_driver(job, limits, limits.timeout_s, start, keep)
+  if run.timed_out:
+    return CodeVerdict(STATUS_TIMEOUT, f'exceeded the {limits.timeout_s:g} s '
+                       'wall-clock limit', run.duration_s, run.stdout,
+                       run.stderr)
+  status, reason = _judge(messages, run.returncode, limits)
+  return CodeVerdict(status, reason, run.duration_s, run.stdout, run.stderr)
+
+
+def run_driver(job: dict[str, Any], limits: SandboxLimits, timeout_s: float,
+               start: float,
+               on_message: Callable[[dict[str, str | bytes]], bool],
+               raw_keys: frozenset[str] = frozenset(),
+               max_message_bytes: int = 1 << 20,
+               max_total_bytes: int = 1 << 20) -> _DriverRun:
+  """Runs the sandbox driver on `job` and feeds it each harness message.
+
+  The one place a sandbox is made, started, watched and removed; the code
+  verifier (`mode='code'`) and the stdin/stdout judge (`mode='stdio'`,
+  `stdio_judge`) differ only in `job` and in what they make of the messages.
+
+  Args:
+    job: the mode's fields (`mode`, `program`, ...); the sandbox's own
+      (nonce, uid, limits, ...) are added here.
+    limits: the sandbox's limits.
+    timeout_s: wall-clock limit of the whole run, from `start`.
+    start: `time.monotonic()` when the caller started timing.
+    on_message: called with each message from the driver as it arrives;
+      returning True stops the run (its processes are killed).
+    raw_keys: message fields kept as bytes (e.g. a program's stdout).
+    max_message_bytes: longest message line read.
+    max_total_bytes: most bytes read from the driver in all.
+
+  Returns:
+    How the run ended; the sandbox is gone when it returns.
+  """
   nonce = secrets.token_hex(16)
   uid = (_UID_LOW + secrets.randbelow(_UID_HIGH - _UID_LOW)
          if os.geteuid() == 0 else None)
-  base = tempfile.mkdtemp(prefix='tpt_sandbox_')
+  base = tempfile.mkdtemp(prefix=_SANDBOX_PREFIX)
+  owner = {'host_pid': os.getpid(),
+           'host_start': _process_start_time(os.getpid()), 'uid': uid}
   result_read = result_write = -1
   process = None
   try:
+    _write_owner(base, owner)
     workdir = os.path.join(base, 'work')
     os.mkdir(workdir, 0o700)
     if uid is not None:
@@ -628,12 +1044,10 @@ def _run_sandboxed(task: CodeTask, limits: SandboxLimits,
     stderr_path = os.path.join(base, 'stderr')
     result_read, result_write = os.pipe()
     job = {
+        **job,
         'nonce': nonce, 'result_fd': result_write, 'uid': uid,
-        'workdir': workdir, 'program': task.program,
-        'test_code': task.test_code, 'test_list': list(task.test_list),
-        'entry_point': task.entry_point,
-        'test_setup_code': task.test_setup_code,
-        'cpu_time_s': int(limits.cpu_time_s),
+        'host_pid': os.getpid(), 'workdir': workdir,
+        'cpu_time_s': int(job.get('cpu_time_s', limits.cpu_time_s)),
         'memory_bytes': int(limits.memory_mb) << 20,
         'max_output_bytes': int(limits.max_output_bytes),
         'max_processes': int(limits.max_processes),
@@ -647,6 +1061,7 @@ def _run_sandboxed(task: CodeTask, limits: SandboxLimits,
           stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
           pass_fds=(result_write,), cwd=workdir, env=_sandbox_env(workdir),
           start_new_session=True)
+    _write_owner(base, {**owner, 'session': process.pid})
     os.close(result_write)
     result_write = -1
     try:
@@ -654,16 +1069,17 @@ def _run_sandboxed(task: CodeTask, limits: SandboxLimits,
       process.stdin.close()
     except BrokenPipeError:
       pass
-    timed_out = not _wait(process, limits.timeout_s - (time.monotonic() -
-                                                       start))
+    reader = _MessageReader(result_read, nonce, raw_keys, max_message_bytes,
+                            max_total_bytes)
+    timed_out, stopped = _watch(process, reader, start + timeout_s,
+                                on_message)
     # Exit code 0: the supervisor ran to its end, leaving no descendant.
-    _kill_sandbox(process.pid, uid, scan=timed_out or process.returncode != 0)
+    _kill_sandbox(process.pid, uid, scan=(timed_out or stopped or
+                                          process.returncode != 0))
     process.wait()
-    duration_s = time.monotonic() - start
-    status, reason = _judge(_read_messages(result_read), nonce, timed_out,
-                            process.returncode, limits)
-    return CodeVerdict(status, reason, duration_s, _read_start(stdout_path),
-                       _read_start(stderr_path))
+    return _DriverRun(timed_out, stopped, process.returncode,
+                      time.monotonic() - start, _read_start(stdout_path),
+                      _read_start(stderr_path))
   finally:
     if process is not None and process.returncode is None:
       _kill_sandbox(process.pid, uid)
@@ -672,6 +1088,42 @@ def _run_sandboxed(task: CodeTask, limits: SandboxLimits,
       if fd >= 0:
         os.close(fd)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def _watch(process: subprocess.Popen[bytes], reader: _MessageReader,
+           deadline: float,
+           on_message: Callable[[dict[str, str | bytes]], bool]
+           ) -> tuple[bool, bool]:
+  """Feeds messages to `on_message` until the driver exits, `on_message`
+  asks to stop, or `deadline`; returns (timed out, stopped)."""
+  poller = select.poll()
+  poller.register(reader.fd, select.POLLIN)
+  try:
+    pidfd = os.pidfd_open(process.pid)
+    poller.register(pidfd, select.POLLIN)
+  except (AttributeError, OSError):
+    pidfd = -1
+  try:
+    while True:
+      exited = process.poll() is not None
+      for message in reader.read():
+        if on_message(message):
+          return False, True
+      if exited:
+        return False, False
+      if not reader.open:
+        try:
+          poller.unregister(reader.fd)
+        except KeyError:
+          pass
+      remaining = deadline - time.monotonic()
+      if remaining <= 0:
+        return True, False
+      # Without a pidfd, look at the process every 10 ms.
+      poller.poll(min(remaining, 0.01 if pidfd < 0 else remaining) * 1000)
+  finally:
+    if pidfd >= 0:
+      os.close(pidfd)
 
 
 class CodeVerifier:
@@ -683,9 +1135,14 @@ class CodeVerifier:
 
   def __init__(self, limits: SandboxLimits = SandboxLimits(),
                num_workers: int = 0):
-    """`num_workers=0` means one per CPU core."""
+    """`num_workers=0` means one per CPU core.
+
+    Also removes the sandboxes that killed verifications left behind
+    (`cleanup_stale_sandboxes`).
+    """
     if num_workers < 0:
       raise ValueError(f'num_workers={num_workers} must be >= 0.')
+    cleanup_stale_sandboxes()
     self.limits = limits
     self.num_workers = num_workers or os.cpu_count() or 1
     self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -705,5 +1162,11 @@ class CodeVerifier:
 
   def verify_many(self, tasks: Iterable[CodeTask]) -> list[CodeVerdict]:
     """Verdicts in the order of `tasks`."""
-    return list(self._executor.map(
-        lambda task: run_sandboxed(task, self.limits), tasks))
+    return self.map(lambda task: run_sandboxed(task, self.limits), tasks)
+
+  def map(self, run: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """`[run(item) for item in items]`, `num_workers` at a time, in order.
+
+    For other judges built on `run_driver` (e.g. `stdio_judge`).
+    """
+    return list(self._executor.map(run, items))
