@@ -52,7 +52,7 @@ def get_config():
   config.sampling.batch_size = 64
   config.prune.strategies = 'correct,dedup,max_per_problem'
   config.prune.max_per_problem = 4
-  config.prune.code.memory_mb = 2048
+  config.verify.code.memory_mb = 2048
   config.loop.num_rounds = 3
   config.eval.num_samples = 5
   config.eval.ks = (1, 5)

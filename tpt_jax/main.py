@@ -53,8 +53,13 @@ def parse_flags(argv: list[str]) -> list[str]:
       print(f'Config file {config_file} defines no get_config(); a config '
             'file is a Python module whose get_config() returns the config '
             '(see configs/tiny.py).', file=sys.stderr)
-    else:
+    elif bad:
       print(f'Unknown config field in {" ".join(bad)}: {message}',
+            file=sys.stderr)
+    else:
+      config_file = next((a.split('=', 1)[1] for a in argv[1:]
+                          if a.startswith('--config=')), '?')
+      print(f'Config file {config_file}: unknown config field {message}',
             file=sys.stderr)
   except flags.Error as e:
     print(f'Invalid flag: {e}', file=sys.stderr)

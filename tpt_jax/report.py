@@ -125,8 +125,8 @@ def finish(workdir: Any, table: str, timings: Any, summary_file: str,
            summary_plot: str) -> None:
   """The end of every experiment: timings saved (`workdir.Timings`), the
   table printed with where the summary and plot are."""
-  saved = timings.save()
+  timings.save()
   print('\n' + table, flush=True)
   print(f'\nSummary: {workdir / summary_file}, plot: '
         f'{workdir / summary_plot}; this invocation took '
-        f'{saved["this_invocation"]:.0f}s.', flush=True)
+        f'{timings.elapsed():.0f}s.', flush=True)

@@ -403,7 +403,6 @@ class Timings:
     merged.update(self.seconds)
     merged['total'] = round(self._earlier.get('total', 0.0) +
                             self.elapsed(), 2)
-    merged['this_invocation'] = self.elapsed()
     if self.seconds:
       write_json(self._path, merged)
     return merged
