@@ -243,3 +243,12 @@ def test_evaluate_records_bad_input_is_named(records, message):
 
 
 # ------------------------------------------------------- eval.json writes ---
+
+
+def test_sampled_pass_at_1_is_the_mean_over_samples_with_its_standard_error():
+  metrics = evaluate.evaluate_records(_records(), ks=(1, 4)).to_dict()
+  per_problem = [2 / 4, 0.0]
+  assert metrics['pass@1_sampled'] == pytest.approx(sum(per_problem) / 2)
+  # Sample standard deviation across problems / sqrt(problems).
+  assert metrics['pass@1_sampled_se'] == pytest.approx(
+      math.sqrt(((0.5 - 0.25) ** 2 + (0 - 0.25) ** 2) / 1) / math.sqrt(2))

@@ -182,3 +182,106 @@ def test_real_tasks_run_through_the_loop(task_name, tmp_path):
   train_ids = {p.problem_id for p in problems[:4]}
   assert {r['problem_id'] for r in kept} == train_ids
   assert all(r['prompt'].startswith('Question: ') for r in kept)
+
+
+def test_graders_side_by_side_and_a_test_subset(tmp_path):
+  """GSM8K with sampled evaluation by two graders on 3 chosen test problems:
+  eval.json has every metric per grader, with the standard error."""
+  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
+  from tpt_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.base_config()
+  config.task.name = 'gsm8k'
+  problems = tasks.get_task('gsm8k').load_problems('train', config.task)
+  tokenizer_path = tmp_path / 'tokenizer.model'
+  tokenizer_lib.train_sentencepiece(
+      [p.question + '\n' + (p.solution or '') for p in problems[:300]],
+      tokenizer_path, vocab_size=512)
+  indices = tmp_path / 'indices.json'
+  indices.write_text('[5, 1, 3]')
+  config.tokenizer.path = str(tokenizer_path)
+  config.task.test_indices_path = str(indices)
+  config.model.variant = 'gemma2_tiny'
+  config.model.param_dtype = config.model.compute_dtype = 'float32'
+  config.sampling.num_samples_per_problem = 1
+  config.sampling.max_new_tokens = 8
+  config.sampling.batch_size = 8
+  config.sampling.show_progress = False
+  config.loop.num_rounds = 0
+  config.eval.num_samples = 2
+  config.eval.ks = (1, 2)
+  config.eval.graders = ('default', 'paper_strict')
+  config.train.progress_bar = False
+  config_lib.validate(config)
+  tpt.run(config, workdir=tmp_path / 'run')
+  metrics = json.loads(
+      (tmp_path / 'run' / 'round_0' / 'eval.json').read_text())['metrics']
+  assert metrics['num_problems'] == 3
+  for grader in ('default', 'paper_strict'):
+    for name in ('pass@1', 'pass@1_sampled', 'pass@1_sampled_se', 'pass@2'):
+      assert 0.0 <= metrics[f'{name}/{grader}'] <= 1.0, (name, grader)
+  greedy = json.loads((tmp_path / 'run' / 'round_0' / 'eval' / 'greedy' /
+                       'shard_00000.json').read_text())['records']
+  assert [r['problem_id'] for r in greedy] == [
+      'gsm8k/test/5', 'gsm8k/test/1', 'gsm8k/test/3']
+
+
+def test_damaged_weights_are_found_and_retrained(config_file, run_main,
+                                                 uninterrupted, tmp_path):
+  """Zeroed bytes in a round's final params (same size) are an error that
+  names the file; the round trains again from its checkpoints and the run
+  ends as an uninterrupted one."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'damaged'
+  reference, _ = uninterrupted
+  shutil.copytree(reference, workdir)
+  (workdir / 'round_2' / 'eval.json').unlink()
+  (workdir / 'summary.json').unlink()
+  params_dir = workdir / 'round_1' / 'train' / 'final_params'
+  victim = max((p for p in params_dir.rglob('*') if p.is_file()),
+               key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+  victim.write_bytes(bytes(data))
+  result = run_main(config_file, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Damaged params (checksum mismatch): {victim}' in result.stdout
+  assert (json.loads((workdir / 'summary.json').read_text()) ==
+          json.loads((reference / 'summary.json').read_text()))
+
+
+def test_a_truncated_checkpoint_falls_back_to_an_earlier_one(
+    config_file, run_main, uninterrupted, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'truncated'
+  reference, _ = uninterrupted
+  shutil.copytree(reference, workdir)
+  for name in ('round_2/eval.json', 'summary.json', 'round_2/train/done.json'):
+    (workdir / name).unlink()
+  shutil.rmtree(workdir / 'round_2' / 'train' / 'final_params')
+  checkpoints_dir = workdir / 'round_2' / 'train' / 'checkpoints'
+  latest = max(int(p.name) for p in checkpoints_dir.iterdir()
+               if p.name.isdigit())
+  for path in (checkpoints_dir / str(latest)).rglob('*'):
+    if path.is_file() and path.stat().st_size > 64:
+      path.write_bytes(path.read_bytes()[:32])
+  result = run_main(config_file, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'cannot be restored' in result.stdout
+  assert (json.loads((workdir / 'summary.json').read_text()) ==
+          json.loads((reference / 'summary.json').read_text()))
+
+
+def test_a_run_that_failed_at_start_does_not_lock_its_workdir(
+    config_file, run_main, tmp_path):
+  workdir = tmp_path / 'failed_start'
+  missing = tmp_path / 'missing.json'
+  result = run_main(config_file, workdir,
+                    extra=[f'--config.task.test_indices_path={missing}'])
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"Invalid config: config.task.test_indices_path='{missing}' does not "
+      'exist.')
+  assert 'Traceback' not in result.stderr
+  result = run_main(config_file, workdir,
+                    extra=['--config.loop.num_rounds=0'])
+  assert result.returncode == 0, result.stderr[-3000:]

@@ -165,3 +165,11 @@ def test_default_config_overrides_are_type_checked():
     config.max_per_problem = 'four'
   with pytest.raises(AttributeError):
     config.strategys = 'none'
+
+
+def test_first_correct_keeps_the_lowest_correct_sample_per_problem():
+  traces = [_trace('a', 2, correct=True), _trace('a', 0, correct=False),
+            _trace('a', 1, correct=True), _trace('b', 0, correct=False)]
+  result = prune.build_pipeline(_config(strategies='first_correct'))(traces)
+  assert [(t.problem_id, t.sample_index) for t in result.kept] == [('a', 1)]
+  assert result.removed == {'first_correct': 3}

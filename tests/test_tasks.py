@@ -428,3 +428,36 @@ def test_terse_wording_states_the_same_arithmetic_in_short_sentences(task):
 def test_unknown_wording_is_named(task):
   with pytest.raises(config_lib.ConfigError, match='config.task.wording'):
     task.load_problems('train', _config(wording='poetic'))
+
+
+def test_a_test_subset_selects_exactly_those_problems(tmp_path):
+  config = tasks.default_config()
+  problems = [tasks.Problem(f'demo/test/{i}', f'q{i}', str(i))
+              for i in range(10)]
+  path = tmp_path / 'indices.json'
+  path.write_text('[7, 0, 3]')
+  config.test_indices_path = str(path)
+  assert [p.problem_id for p in tasks.select_test_subset(problems, config)] == [
+      'demo/test/7', 'demo/test/0', 'demo/test/3']
+  path.write_text('[7, 10]')
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'indices \[10\] are outside the 10 test problems'):
+    tasks.select_test_subset(problems, config)
+  config.test_indices_path = None
+  assert tasks.select_test_subset(problems, config) == problems
+
+
+def test_the_instruction_is_configurable_inline_or_from_a_file(tmp_path):
+  config = tasks.default_config()
+  problem = tasks.Problem('demo/test/0', 'Start with 2.', '2')
+  task = tasks.get_task('demo')
+  default = task.format_prompt(problem, 'zero_shot_cot')
+  assert task.format_prompt(problem, 'zero_shot_cot',
+                            instruction=tasks.instruction(config)) == default
+  config.instruction = 'End with #### N.'
+  assert 'End with #### N.' in task.format_prompt(
+      problem, 'zero_shot_cot', instruction=tasks.instruction(config))
+  path = tmp_path / 'prompt.txt'
+  path.write_text('From a file.\n')
+  config.instruction_path = str(path)
+  assert tasks.instruction(config) == 'From a file.'

@@ -40,6 +40,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.temperature = 0.7
   # The k of pass@k and maj@k; each at most num_samples.
   c.ks = (1, 4)
+  # Graders reported side by side (names from the task's `grader_names`,
+  # e.g. ('default', 'paper_strict') for GSM8K): every metric also appears
+  # as '<metric>/<grader>', so a round whose strict score rises while the
+  # default one does not (a format gain) shows. (): the plain metrics only,
+  # by config.verify.grader.
+  c.graders = ()
   return c
 
 
@@ -241,18 +247,23 @@ class EvalResult:
     pass_at_1: greedy Pass@1, or None when no greedy completions were given.
     pass_at_k: k -> mean unbiased pass@k over the temperature samples.
     maj_at_k: k -> fraction of problems whose maj@k answer is right.
+    sampled_pass_at_1_se: the standard error of the sampled Pass@1 (the
+      mean correctness over samples) across problems; None without samples.
   """
   num_problems: int
   pass_at_1: float | None
   pass_at_k: Mapping[int, float]
   maj_at_k: Mapping[int, float]
+  sampled_pass_at_1_se: float | None = None
 
   def to_dict(self) -> dict[str, float | int]:
     """Flat metric names, as in eval.json and TensorBoard.
 
     'pass@1' is greedy Pass@1 (left out when there was no greedy pass);
     sampled metrics are 'pass@{k}' and 'maj@{k}', except that the sampled
-    pass@1 is 'pass@1_sampled' so it never shadows the greedy one.
+    pass@1 (the mean correctness over samples, as the TPT paper reports it)
+    is 'pass@1_sampled' so it never shadows the greedy one; its standard
+    error across problems is 'pass@1_sampled_se'.
     """
     metrics: dict[str, float | int] = {}
     if self.pass_at_1 is not None:
@@ -260,6 +271,8 @@ class EvalResult:
     for k in sorted(self.pass_at_k):
       name = 'pass@1_sampled' if k == 1 else f'pass@{k}'
       metrics[name] = self.pass_at_k[k]
+      if k == 1 and self.sampled_pass_at_1_se is not None:
+        metrics['pass@1_sampled_se'] = self.sampled_pass_at_1_se
     for k in sorted(self.maj_at_k):
       metrics[f'maj@{k}'] = self.maj_at_k[k]
     metrics['num_problems'] = self.num_problems
@@ -319,8 +332,14 @@ def evaluate_records(records: Sequence[ProblemRecord],
           maj_at_k(record.sample_answers, record.reference, k,
                    normalize=normalize, equal=equal)
           for record in records])) for k in ks}
+  se = None
+  if ks and len(records) > 1:
+    per_problem = [float(np.mean([bool(c) for c in record.sample_correct]))
+                   for record in records]
+    se = float(np.std(per_problem, ddof=1) / np.sqrt(len(per_problem)))
   return EvalResult(
       num_problems=len(records),
       pass_at_1=pass_at_1_greedy(greedy) if greedy else None,
       pass_at_k=pass_at_k_means,
-      maj_at_k=maj_at_k_means)
+      maj_at_k=maj_at_k_means,
+      sampled_pass_at_1_se=se)

@@ -44,6 +44,8 @@ def learning_rate_schedule(train_config: ml_collections.ConfigDict,
   peak = float(train_config.learning_rate)
   end = peak * float(train_config.end_lr_factor)
   warmup = max(int(train_config.warmup_steps), 0)
+  if train_config.get('warmup_fraction', 0.0) > 0:
+    warmup = int(round(float(train_config.warmup_fraction) * num_steps))
   decay_steps = max(num_steps - warmup, 1)
 
   def schedule(step):

@@ -81,7 +81,8 @@ def plot_rounds(title: str, rows: Sequence[Mapping[str, Any]],
   from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
   rounds = [row['round'] for row in rows]
   names = sorted({name for row in rows for name in row['metrics']
-                  if name.startswith(RATE_PREFIXES)})
+                  if name.startswith(RATE_PREFIXES) and
+                  not name.endswith('_se')})
   figure = figure_lib.Figure(figsize=(6, 4))
   axes = figure.add_subplot()
   for name in names:
@@ -102,7 +103,7 @@ def plot_stages(title: str, rows: Sequence[Mapping[str, Any]],
   from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
   stages = [row['stage'] for row in rows]
   names = [name for name in metric_names(rows)
-           if name.startswith(RATE_PREFIXES)]
+           if name.startswith(RATE_PREFIXES) and not name.endswith('_se')]
   figure = figure_lib.Figure(figsize=(max(6, 1.6 * len(stages)), 4))
   axes = figure.add_subplot()
   width = 0.8 / max(1, len(names))

@@ -13,6 +13,11 @@ Experiments (`tpt_jax.experiments.tpt`, `...sert`) compose these; they pass
 directories and seeds in, so the same function serves a TPT round, SERT's
 teacher and its distillation. Each stage obeys `tpt_jax.workdir`'s rule:
 its units are written atomically and a finished unit is read, not redone.
+
+Length: one seam, kept together on purpose: every stage function is short
+(the longest, `think` and `evaluate`, about 60 lines each) and an
+experiment reads as calls into this one module; splitting it per stage
+would scatter the shared `RunContext` and the workdir rule they all obey.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from tpt_jax import tasks
 from tpt_jax import tokenizer as tokenizer_lib
 from tpt_jax import train as train_lib
 from tpt_jax import workdir as workdir_lib
+from tpt_jax.verify import parallel
 from tpt_jax.types import Problem, Sample, Trace
 
 Stage = workdir_lib.Stage
@@ -84,7 +90,9 @@ class RunContext:
 
   def prompt(self, problem: Problem) -> str:
     return self.task.format_prompt(problem, self.config.task.prompt_style,
-                                   self.exemplars)
+                                   self.exemplars,
+                                   instruction=tasks.instruction(
+                                       self.config.task))
 
   def engine_for(self, params: models.Params) -> sampling.Engine:
     """The sampling engine for `params`, reusing every program compiled so
@@ -139,7 +147,8 @@ def setup(config: ml_collections.ConfigDict,
     raise config_fields.ConfigError(str(e)) from e
   task = tasks.get_task(config.task.name)
   train_problems = task.load_problems('train', config.task)
-  test_problems = task.load_problems('test', config.task)
+  test_problems = tasks.select_test_subset(
+      task.load_problems('test', config.task), config.task)
   exemplars, train_problems = tasks.select_exemplars(
       train_problems, config.task.num_few_shot)
   if config.loop.max_train_problems:
@@ -229,10 +238,9 @@ def think(ctx: RunContext, params: models.Params,
           problem_ids=[p.problem_id for p in shard_problems],
           chat_template=ctx.config.tokenizer.chat_template,
           show_progress=False)
-      verdicts = tasks.verify_all(
-          ctx.task, [r.text for r in results],
-          [shard_problems[r.problem_index] for r in results],
-          ctx.config.verify)
+      verdicts = verify_completions(
+          ctx, [r.text for r in results],
+          [shard_problems[r.problem_index] for r in results])
       shard = [
           Sample(problem_id=result.problem_id,
                  sample_index=result.sample_index,
@@ -260,15 +268,46 @@ def think(ctx: RunContext, params: models.Params,
   return samples
 
 
+def verify_completions(ctx: RunContext, completions: Sequence[str],
+                       problems: Sequence[Problem], *,
+                       grader: str | None = None
+                       ) -> list[tuple[bool, str | None]]:
+  """(correct, extracted answer) of each completion, by `grader` (default
+  `config.verify.grader`).
+
+  Tasks with a picklable `verifier` (GSM8K) verify in worker processes with
+  a hard limit per completion (`config.verify.timeout_s`): one pathological
+  completion is judged wrong after the limit instead of stalling the stage.
+  """
+  verify_config = ctx.config.verify
+  if grader is not None and grader != verify_config.grader:
+    verify_config = ml_collections.ConfigDict(verify_config.to_dict())
+    verify_config.grader = grader
+  verifier = getattr(ctx.task, 'verifier', None)
+  if verifier is not None and verify_config.timeout_s > 0 and completions:
+    verdicts = parallel.verify_in_workers(
+        verifier(verify_config), list(zip(completions, problems)),
+        timeout_s=float(verify_config.timeout_s),
+        num_workers=int(verify_config.num_workers))
+    return [(bool(v.correct), v.extracted) for v in verdicts]
+  if grader is not None and grader != ctx.config.verify.grader:
+    names = getattr(ctx.task, 'grader_names', ('default',))
+    if grader not in names:
+      raise config_fields.ConfigError(
+          f'Task {ctx.task.name!r} has no grader {grader!r}; its graders: '
+          f'{", ".join(names)}.')
+  return tasks.verify_all(ctx.task, completions, problems, verify_config)
+
+
 def verify_samples(ctx: RunContext, completions: Sequence[dict[str, Any]]
                    ) -> list[Sample]:
   """`Sample`s of completions that were not sampled here (e.g. a teacher's
   file): each `{'problem_id', 'sample_index', 'completion',
   'finish_reason'}` verified with the task's verifier, tokens counted."""
   problems = {p.problem_id: p for p in ctx.train_problems}
-  verdicts = tasks.verify_all(
-      ctx.task, [c['completion'] for c in completions],
-      [problems[c['problem_id']] for c in completions], ctx.config.verify)
+  verdicts = verify_completions(
+      ctx, [c['completion'] for c in completions],
+      [problems[c['problem_id']] for c in completions])
   return [Sample(problem_id=c['problem_id'], sample_index=c['sample_index'],
                  completion=c['completion'],
                  num_tokens=len(ctx.tokenizer.encode(c['completion'])),
@@ -362,11 +401,30 @@ def print_prune_report(label: str, report: dict[str, Any]) -> None:
 
 def trained_params(ctx: RunContext, directory: workdir_lib.Path
                    ) -> models.Params | None:
-  """The final params of a finished `fine_tune` in `directory`, else None."""
-  if not (directory / workdir_lib.DONE_FILE).exists():
+  """The final params of a finished `fine_tune` in `directory`, else None.
+
+  The params' files are checked against the digest saved with them: when
+  one is damaged, the run says which, drops the final params and trains
+  again from the newest intact checkpoint (None is returned).
+  """
+  done_path = directory / workdir_lib.DONE_FILE
+  if not done_path.exists():
     return None
-  return checkpoints.load_params(
-      os.fspath(directory / train_lib.FINAL_PARAMS_DIR), ctx.model, ctx.mesh)
+  params_dir = directory / train_lib.FINAL_PARAMS_DIR
+  expected = workdir_lib.read_json(done_path).get('params_sha256')
+  damaged = (workdir_lib.damaged_files(params_dir, expected)
+             if expected is not None else [])
+  if damaged:
+    print(f'Damaged params (checksum mismatch): {", ".join(damaged)}; '
+          f'training {directory} again from its newest intact checkpoint.',
+          flush=True)
+    workdir_lib.barrier(f'{done_path}:checked')
+    if workdir_lib.is_writer():
+      done_path.unlink()
+      params_dir.rmtree(missing_ok=True)
+    workdir_lib.barrier(f'{done_path}:dropped')
+    return None
+  return checkpoints.load_params(os.fspath(params_dir), ctx.model, ctx.mesh)
 
 
 def fine_tune(ctx: RunContext, directory: workdir_lib.Path,
@@ -400,6 +458,8 @@ def fine_tune(ctx: RunContext, directory: workdir_lib.Path,
       'num_steps': result.num_steps,
       'final_loss': final_metrics.get('loss'),
       'final_token_accuracy': final_metrics.get('token_accuracy'),
+      'params_sha256': workdir_lib.directory_digest(
+          directory / train_lib.FINAL_PARAMS_DIR),
   })
   workdir_lib.barrier(f'{directory}:done')
   return result.params
@@ -506,6 +566,39 @@ def evaluate(ctx: RunContext, params: models.Params,
         ctx, params, ctx.test_problems, sampled, eval_dir / 'sampled',
         crash_prefix=f'eval_sampled:{round_index}',
         description=f'round {round_index} eval samples')
+  metrics = _metrics(ctx, greedy_samples, sampled_samples)
+  for grader in eval_config.graders:
+    graded = [_regraded(ctx, samples, grader)
+              for samples in (greedy_samples, sampled_samples)]
+    metrics.update({f'{name}/{grader}': value for name, value in
+                    _metrics(ctx, *graded).items() if name != 'num_problems'})
+  metrics['mean_completion_tokens'] = float(np.mean(
+      [s.num_tokens for s in greedy_samples]))
+  report = {'round': round_index, 'metrics': metrics}
+  _write_tensorboard(ctx.workdir, round_index, metrics)
+  workdir_lib.write_json(eval_path, report)
+  workdir_lib.barrier(f'{eval_path}:written')
+  return report
+
+
+def _regraded(ctx: RunContext, samples: Sequence[Sample], grader: str
+              ) -> list[Sample]:
+  """`samples` with the verdicts of `grader` (the same when it is the one
+  they were verified by)."""
+  if grader == ctx.config.verify.grader or not samples:
+    return list(samples)
+  problems = {p.problem_id: p for p in ctx.test_problems}
+  verdicts = verify_completions(
+      ctx, [s.completion for s in samples],
+      [problems[s.problem_id] for s in samples], grader=grader)
+  return [dataclasses.replace(s, correct=bool(c), extracted_answer=a)
+          for s, (c, a) in zip(samples, verdicts)]
+
+
+def _metrics(ctx: RunContext, greedy_samples: Sequence[Sample],
+             sampled_samples: Sequence[Sample]) -> dict[str, Any]:
+  """Pass@1 (greedy), and pass@k / maj@k from the sampled ones."""
+  eval_config = ctx.config.eval
   by_problem: dict[str, list[Sample]] = {}
   for sample in sampled_samples:
     by_problem.setdefault(sample.problem_id, []).append(sample)
@@ -526,13 +619,7 @@ def evaluate(ctx: RunContext, params: models.Params,
   metrics = result.to_dict()
   if not maj_ks:
     metrics = {k: v for k, v in metrics.items() if not k.startswith('maj@')}
-  metrics['mean_completion_tokens'] = float(np.mean(
-      [s.num_tokens for s in greedy_samples]))
-  report = {'round': round_index, 'metrics': metrics}
-  _write_tensorboard(ctx.workdir, round_index, metrics)
-  workdir_lib.write_json(eval_path, report)
-  workdir_lib.barrier(f'{eval_path}:written')
-  return report
+  return metrics
 
 
 def _write_tensorboard(directory: workdir_lib.Path, step: int,

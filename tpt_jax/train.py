@@ -109,6 +109,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-5
   c.lr_schedule = 'cosine'  # 'cosine', 'linear' or 'constant' after warm-up.
   c.warmup_steps = 10
+  # When > 0: the warm-up is this fraction of the run's steps instead (the
+  # TPT authors' recipe: 0.1).
+  c.warmup_fraction = 0.0
   c.end_lr_factor = 0.1  # Final learning rate = end_lr_factor * peak.
   c.adam_b1 = 0.9
   c.adam_b2 = 0.95
@@ -169,6 +172,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int
                 'checkpoint_every', 'checkpoint_keep', 'log_every'):
     if t[field] < 1:
       raise ValueError(f'config.train.{field}={t[field]} must be >= 1.')
+  if not 0.0 <= t.warmup_fraction < 1.0:
+    raise ValueError(
+        f'config.train.warmup_fraction={t.warmup_fraction} must lie in '
+        '[0, 1).')
   if t.lora_rank < 0:
     raise ValueError(f'config.train.lora_rank={t.lora_rank} must be >= 0.')
   if t.num_steps <= 0 and not t.num_epochs > 0:
@@ -859,10 +866,24 @@ def _restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
         f'{manager.directory} holds a checkpoint at step {latest}, past this '
         f'run\'s {total_steps} steps (config.train.num_steps/num_epochs); '
         'train in a fresh workdir.')
-  state, data_state = restore_checkpoint(manager, trainer, latest)
-  pipeline.restore(data_state)
-  logging.info('Resumed from %s at step %d.', manager.directory, latest)
-  return state
+  # A damaged checkpoint (e.g. a truncated file) falls back to the newest
+  # one that restores; with none, training starts over.
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, data_state = restore_checkpoint(manager, trainer, step)
+    except Exception as e:  # pylint: disable=broad-except
+      print(f'Checkpoint {manager.directory}/{step} cannot be restored '
+            f'({type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]});'
+            ' removing it and trying an earlier one.', flush=True)
+      manager.delete(step)
+      continue
+    pipeline.restore(data_state)
+    logging.info('Resumed from %s at step %d.', manager.directory, step)
+    return state
+  print(f'No checkpoint in {manager.directory} restores; training from the '
+        'start.', flush=True)
+  return trainer.init_state(jax.random.key(seed),
+                            None if trainer.is_lora else init_params)
 
 
 def train(config: ml_collections.ConfigDict,

@@ -190,6 +190,28 @@ def read_json(path: PathLike) -> Any:
   return json.loads(epath.Path(path).read_text())
 
 
+def directory_digest(directory: PathLike) -> dict[str, str]:
+  """sha256 of every file under `directory`, by relative path: written
+  beside saved params and checked before they are loaded, so damaged
+  weights are an error instead of a silently different model."""
+  directory = epath.Path(directory)
+  digests = {}
+  for path in sorted(directory.rglob('*')):
+    if path.is_file():
+      digests[os.fspath(path.relative_to(directory))] = hashlib.sha256(
+          path.read_bytes()).hexdigest()
+  return digests
+
+
+def damaged_files(directory: PathLike, expected: dict[str, str]) -> list[str]:
+  """The files of `directory` that are missing or differ from `expected`
+  (a `directory_digest`), as paths."""
+  actual = directory_digest(directory)
+  return [os.fspath(epath.Path(directory) / name)
+          for name, digest in sorted(expected.items())
+          if actual.get(name) != digest]
+
+
 def shard_path(directory: PathLike, index: int) -> Path:
   """The `index`-th shard file of a sharded stage output."""
   return epath.Path(directory) / f'shard_{index:05d}.json'
@@ -274,6 +296,14 @@ def check_or_save_config(workdir: PathLike,
           'rounds cannot be resumed. Use a new --workdir, or the tpt_jax '
           'version that started it.')
     differences = config_differences(saved, current)
+    if differences and not _computed_anything(epath.Path(workdir)):
+      # Nothing was computed with the old values (the run failed at start):
+      # the workdir is not locked to them.
+      print(f'{workdir}: nothing was computed with its saved config; '
+            'starting over with this one.', flush=True)
+      if is_writer():
+        (epath.Path(workdir) / 'tokenizer.model').unlink(missing_ok=True)
+      differences = []
     if differences:
       raise config_fields.ConfigError(
           f'{workdir} holds a run started with another config; rerun with '
@@ -337,6 +367,15 @@ def check_processes(workdir: Path, config: ml_collections.ConfigDict
   barrier(f'{workdir}:processes_checked:{nonce}')
 
 
+# What a workdir holds before any stage has computed anything.
+_SETUP_FILES = (CONFIG_FILE, TIMINGS_FILE, PROCESSES_DIR, 'tokenizer.model')
+
+
+def _computed_anything(workdir: Path) -> bool:
+  return any(entry.name not in _SETUP_FILES and not entry.name.startswith('.')
+             for entry in workdir.iterdir())
+
+
 def prepare(config: ml_collections.ConfigDict,
             workdir: PathLike | None = None) -> Path:
   """Creates the workdir, checks that every process shares it, and saves
@@ -355,6 +394,11 @@ def prepare(config: ml_collections.ConfigDict,
   check_processes(workdir, config)
   check_or_save_config(workdir, config)
   barrier(f'{workdir}:config')
+  if is_writer() and is_local(workdir):
+    # Temporary files of JSON writes that were killed are never read.
+    for stale in workdir.rglob('.*.tmp'):
+      if stale.is_file():
+        stale.unlink(missing_ok=True)
   return workdir
 
 

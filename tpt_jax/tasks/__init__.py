@@ -15,6 +15,7 @@ verification (`verify_all`), the location of the shared data files and the
 from __future__ import annotations
 
 import importlib
+import json
 import pathlib
 import pkgutil
 import random
@@ -67,8 +68,10 @@ class Task(Protocol):
     parallel)."""
 
   def format_prompt(self, problem: Problem, style: str,
-                    exemplars: Sequence[Problem] = ()) -> str:
-    """The prompt for `problem` in one of PROMPT_STYLES."""
+                    exemplars: Sequence[Problem] = (),
+                    instruction: str | None = None) -> str:
+    """The prompt for `problem` in one of PROMPT_STYLES; `instruction`
+    replaces the task's reasoning instruction of 'zero_shot_cot'."""
 
   def normalize_answer(self, answer: str) -> str:
     """The canonical form of an extracted answer, for majority voting."""
@@ -111,6 +114,14 @@ def default_config() -> ml_collections.ConfigDict:
   config.prompt_style = 'zero_shot'
   config.num_few_shot = 0
   # Local data files of the real tasks (None until those tasks are used).
+  # The reasoning instruction of 'zero_shot_cot' (None: the task's own),
+  # given here or read from a text file (instruction_path wins).
+  config.instruction = config_fields.optional(str)
+  config.instruction_path = config_fields.optional(str)
+  # Evaluate on a fixed subset of the test split: a JSON file with a list of
+  # 0-based indices into the task's test problems (e.g. the TPT authors'
+  # 500 GSM8K problems, ../shared/data/gsm8k/tpt_test500_indices.json).
+  config.test_indices_path = config_fields.optional(str)
   config.gsm8k_path = config_fields.optional(str)
   config.mbpp_path = config_fields.optional(str)
   return config
@@ -200,6 +211,52 @@ def verify_all(task: Task, completions: Sequence[str],
         f'Task {task.name!r} verify_many returned {len(results)} verdicts '
         f'for {len(completions)} completions.')
   return results
+
+
+def instruction(config: ml_collections.ConfigDict) -> str | None:
+  """The 'zero_shot_cot' instruction `config.task` sets (None: the task's)."""
+  if config.get('instruction_path'):
+    path = pathlib.Path(config.instruction_path).expanduser()
+    if not path.is_file():
+      raise config_fields.ConfigError(
+          f'config.task.instruction_path={config.instruction_path!r} is not '
+          'a file.')
+    text = path.read_text(encoding='utf-8').strip()
+    if not text:
+      raise config_fields.ConfigError(
+          f'config.task.instruction_path={config.instruction_path!r} is '
+          'empty.')
+    return text
+  return config.get('instruction') or None
+
+
+def select_test_subset(problems: Sequence[Problem],
+                       config: ml_collections.ConfigDict) -> list[Problem]:
+  """The test problems `config.task.test_indices_path` names (all when it
+  is None), in the file's order."""
+  path_value = config.get('test_indices_path')
+  if not path_value:
+    return list(problems)
+  path = pathlib.Path(path_value).expanduser()
+  field = f'config.task.test_indices_path={path_value!r}'
+  try:
+    indices = json.loads(path.read_text(encoding='utf-8'))
+  except FileNotFoundError:
+    raise config_fields.ConfigError(f'{field} does not exist.') from None
+  except ValueError as e:
+    raise config_fields.ConfigError(f'{field} is not JSON ({e}).') from None
+  if not isinstance(indices, list) or not indices or not all(
+      isinstance(i, int) and not isinstance(i, bool) for i in indices):
+    raise config_fields.ConfigError(
+        f'{field} must hold a non-empty JSON list of 0-based integer indices.')
+  bad = [i for i in indices if not 0 <= i < len(problems)]
+  if bad:
+    raise config_fields.ConfigError(
+        f'{field}: indices {bad[:5]} are outside the {len(problems)} test '
+        'problems.')
+  if len(set(indices)) != len(indices):
+    raise config_fields.ConfigError(f'{field} repeats an index.')
+  return [problems[i] for i in indices]
 
 
 def solutions_corpus(task: Task, config: ml_collections.ConfigDict

@@ -39,6 +39,10 @@ should look (few-shot exemplars, warm-up).
 
 Config (`config.task.code_contests`, see `default_config`); sandbox limits
 and parallel workers come from `config.verify.code`, as for MBPP.
+
+Length: two input layouts (CodeContests, APPS) in three file formats, each
+with its own field checks, plus the task itself; the readers are only used
+here.
 """
 
 from __future__ import annotations
@@ -469,10 +473,13 @@ class CodeContestsTask:
     return [(verdict.passed, verdict.status) for verdict in verdicts]
 
   def format_prompt(self, problem: tasks.Problem, style: str,
-                    exemplars: Sequence[tasks.Problem] = ()) -> str:
+                    exemplars: Sequence[tasks.Problem] = (),
+                    instruction: str | None = None) -> str:
     shown = [dataclasses.replace(p, question=f'{p.question}\n\n{INSTRUCTION}')
              for p in (problem, *exemplars)]
-    return tasks.render_prompt(shown[0], style, shown[1:])
+    return tasks.render_prompt(
+        shown[0], style, shown[1:],
+        cot_instruction=instruction or tasks.COT_INSTRUCTION)
 
   def normalize_answer(self, answer: str) -> str:
     """`answer` unchanged: programs are not voted on (majority_vote=False)."""

@@ -25,6 +25,10 @@ check_worked_lines` it also requires the lines before it to be a derivation
 (each a true equation starting from the previous line's result, N the last
 result), so a right answer reached by wrong working, which a weak model
 guesses often among small answers, does not count.
+
+Length: the generator, the worked-line verifier and the task belong together:
+the verifier checks exactly the lines the generator writes, and both change
+together when a step kind is added.
 """
 
 from __future__ import annotations
@@ -449,9 +453,10 @@ class DemoTask:
     return verdicts
 
   def format_prompt(self, problem: tasks.Problem, style: str,
-                    exemplars: Sequence[tasks.Problem] = ()) -> str:
+                    exemplars: Sequence[tasks.Problem] = (),
+                    instruction: str | None = None) -> str:
     return tasks.render_prompt(problem, style, exemplars,
-                               cot_instruction=self.cot_instruction)
+                               cot_instruction=instruction or self.cot_instruction)
 
   def normalize_answer(self, answer: str) -> str:
     """The integer `answer` states, canonical ('014' -> '14'), for maj@k."""

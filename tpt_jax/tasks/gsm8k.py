@@ -143,23 +143,26 @@ class Gsm8kTask:
   def verify_many(self, completions: Sequence[str],
                   problems: Sequence[tasks.Problem],
                   verify_config: ml_collections.ConfigDict,
-                  grader: str = 'default'
+                  grader: str | None = None
                   ) -> list[tuple[bool, str | None]]:
-    """`verify` of each pair by the GSM8K grader named `grader` (one of
-    GRADER_NAMES, see verify.graders), honouring `verify_config.math`."""
+    """`verify` of each pair by the GSM8K grader named `grader` (default:
+    `verify_config.grader`; one of GRADER_NAMES, see verify.graders),
+    honouring `verify_config.math`."""
     verify = self.verifier(verify_config, grader)
     return [verify(completion, problem)
             for completion, problem in zip(completions, problems, strict=True)]
 
   def verifier(self, verify_config: ml_collections.ConfigDict,
-               grader: str = 'default'
+               grader: str | None = None
                ) -> Callable[[str, tasks.Problem], tuple[bool, str | None]]:
-    """A picklable `verify` by `grader` honouring `verify_config.math`, e.g.
-    for `verify.parallel.verify_in_workers`.
+    """A picklable `verify` by `grader` (default: `verify_config.grader`)
+    honouring `verify_config.math`, e.g. for
+    `verify.parallel.verify_in_workers`.
 
     Raises:
       ValueError: naming `grader` and the known graders.
     """
+    grader = grader or verify_config.get('grader', 'default')
     graders.get_grader(grader)  # Checks the name.
     return functools.partial(
         self._verify, grader=grader,
@@ -177,9 +180,10 @@ class Gsm8kTask:
     return verdict.correct, verdict.extracted
 
   def format_prompt(self, problem: tasks.Problem, style: str,
-                    exemplars: Sequence[tasks.Problem] = ()) -> str:
+                    exemplars: Sequence[tasks.Problem] = (),
+                    instruction: str | None = None) -> str:
     return tasks.render_prompt(problem, style, exemplars,
-                               cot_instruction=self.cot_instruction)
+                               cot_instruction=instruction or self.cot_instruction)
 
   def normalize_answer(self, answer: str) -> str:
     """The canonical number `answer` states ('$1,200.00' -> '1200'), for maj@k.

@@ -158,11 +158,12 @@ class MbppTask:
     return [(verdict.passed, verdict.status) for verdict in verdicts]
 
   def format_prompt(self, problem: tasks.Problem, style: str,
-                    exemplars: Sequence[tasks.Problem] = ()) -> str:
+                    exemplars: Sequence[tasks.Problem] = (),
+                    instruction: str | None = None) -> str:
     shown = [dataclasses.replace(p, question=question_with_test(p))
              for p in (problem, *exemplars)]
     return tasks.render_prompt(shown[0], style, shown[1:],
-                               cot_instruction=self.cot_instruction)
+                               cot_instruction=instruction or self.cot_instruction)
 
   def normalize_answer(self, answer: str) -> str:
     """`answer` unchanged: programs are not voted on (majority_vote=False)."""

@@ -63,6 +63,14 @@ def default_config() -> ml_collections.ConfigDict:
   (Evaluate), so a round's data and its score agree.
   """
   config = ml_collections.ConfigDict()
+  # The grader whose verdicts decide pruning and the plain metric names
+  # (a task's `grader_names`; GSM8K: 'default' or 'paper_strict').
+  config.grader = 'default'
+  # Tasks with a picklable `verifier` (GSM8K) verify in worker processes
+  # with this hard limit per completion (0: in this process, no limit), so
+  # one pathological completion never stalls a stage.
+  config.timeout_s = 10.0
+  config.num_workers = 0  # Worker processes; 0: one per core (at most 8).
   config.math = ml_collections.ConfigDict()
   # GSM8K: without an answer marker, take the completion's last number.
   config.math.last_number_fallback = True

@@ -49,6 +49,10 @@ killed before the tests completed), each with a reason.
 `run_driver` is the one place a sandbox is made, watched and removed; the
 driver has two modes: 'code' (the above) and 'stdio' (a whole program run
 once per test input, for `stdio_judge`, which judges its outputs).
+
+Length: the sandbox is a security boundary; its process set-up, limits,
+watchdog, clean-up after a kill and the harness that runs inside it are
+kept in one module so that they can be audited together.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ The LaTeX is translated to a small, whitelisted expression language here
 (numbers, one-letter symbols, + - * / **, parentheses and a few named
 functions) before sympy sees it, so no completion text is ever evaluated as
 Python. No function here raises on any string.
+
+Length: one LaTeX answer normaliser (a brace table and linear-time
+rewrites) and its sympy worker; the rewrites depend on each other's order.
 """
 
 from __future__ import annotations
