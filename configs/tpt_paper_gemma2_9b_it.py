@@ -6,21 +6,9 @@ Run (TPU v5e-16 / v4-16, or 8x 80 GB GPUs):
       --config.checkpoint.path=/ckpts/gemma-2-9b-it \
       --config.tokenizer.path=/ckpts/tokenizer.model --workdir=/tmp/tpt_paper_9b
 
-`checkpoint.path`: the instruction-tuned checkpoint (orbax `gemma2-9b-it`
-from Kaggle, or the Hugging Face `google/gemma-2-9b-it` directory).
-
-Recipe (`config_lib.set_tpt_paper`): zero-shot chat prompts asking for a
-`#### <answer>` last line (our wording; override with
-`--config.task.instruction=...` or `--config.task.instruction_path=FILE`),
-4 samples per train problem at temperature 0.8 and up to 1,500 tokens; keep
-the first trace per problem that the authors' strict grader accepts, a
-seeded draw of 2,000 per round; full fine-tuning from the previous round at
-lr 1e-6 (cosine, 10% warm-up, 1 epoch, 2 x 4 accumulation, 1,600 tokens);
-evaluation on the authors' 500 test problems with 10 samples at temperature
-0.7, Pass@1 (mean over samples, with its standard error) and pass@10 by the
-strict (`/paper_strict`) and default (`/default`) graders side by side.
-Not implemented from the released code: the 200 examples it holds out per
-round for an evaluation loss.
+`checkpoint.path`: the instruction-tuned checkpoint (orbax or Hugging Face
+`google/gemma-2-9b-it`). The recipe (`config_lib.set_tpt_paper`) and what it
+does not reproduce: see configs/tpt_paper_gemma2_2b_it.py.
 
 Measured: not run by us. The paper reports GSM8K Pass@1 41.9% -> 57.6% for
 Gemma2-2B and 82% for Gemma2-9B under its protocol.

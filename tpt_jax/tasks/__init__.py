@@ -213,6 +213,23 @@ def verify_all(task: Task, completions: Sequence[str],
   return results
 
 
+class WorkedSolutionsFromTrainSplit:
+  """A task base: `corpus` and `warmup_examples` from the train split's
+  worked solutions (for tasks whose problems carry them: GSM8K, MBPP)."""
+
+  def corpus(self, config: ml_collections.ConfigDict) -> list[str]:
+    """Train prompts and their worked solutions."""
+    return solutions_corpus(self, config)
+
+  def warmup_examples(self, num_examples: int, seed: int,
+                      config: ml_collections.ConfigDict, *, style: str,
+                      exemplars: Sequence[Problem] = ()
+                      ) -> list[tuple[str, str]]:
+    """A seeded draw of train problems with their reference solutions."""
+    return worked_examples(self, num_examples, seed, config, style=style,
+                           exemplars=exemplars)
+
+
 def instruction(config: ml_collections.ConfigDict) -> str | None:
   """The 'zero_shot_cot' instruction `config.task` sets (None: the task's)."""
   if config.get('instruction_path'):

@@ -117,7 +117,7 @@ def _load(split: str, config: ml_collections.ConfigDict
 
 
 @dataclasses.dataclass(frozen=True)
-class Gsm8kTask:
+class Gsm8kTask(tasks.WorkedSolutionsFromTrainSplit):
   """The GSM8K task (see the module docstring)."""
   name: str = NAME
   majority_vote: bool = True
@@ -193,18 +193,6 @@ class Gsm8kTask:
     if canonical is None:
       raise ValueError(f'answer={answer!r} is not a number.')
     return canonical
-
-  def corpus(self, config: ml_collections.ConfigDict) -> list[str]:
-    """Train prompts and their worked solutions."""
-    return tasks.solutions_corpus(self, config)
-
-  def warmup_examples(self, num_examples: int, seed: int,
-                      config: ml_collections.ConfigDict, *, style: str,
-                      exemplars: Sequence[tasks.Problem] = ()
-                      ) -> list[tuple[str, str]]:
-    """A seeded draw of train problems with their reference solutions."""
-    return tasks.worked_examples(self, num_examples, seed, config,
-                                 style=style, exemplars=exemplars)
 
 
 TASK = Gsm8kTask()

@@ -103,7 +103,7 @@ def _code_task(completion: str,
 
 
 @dataclasses.dataclass(frozen=True)
-class MbppTask:
+class MbppTask(tasks.WorkedSolutionsFromTrainSplit):
   """The MBPP task (see the module docstring)."""
   name: str = NAME
   majority_vote: bool = False
@@ -170,18 +170,6 @@ class MbppTask:
     if not isinstance(answer, str):
       raise ValueError(f'answer={answer!r} is not a string.')
     return answer
-
-  def corpus(self, config: ml_collections.ConfigDict) -> list[str]:
-    """Train prompts and their worked solutions."""
-    return tasks.solutions_corpus(self, config)
-
-  def warmup_examples(self, num_examples: int, seed: int,
-                      config: ml_collections.ConfigDict, *, style: str,
-                      exemplars: Sequence[tasks.Problem] = ()
-                      ) -> list[tuple[str, str]]:
-    """A seeded draw of train problems with their reference solutions."""
-    return tasks.worked_examples(self, num_examples, seed, config,
-                                 style=style, exemplars=exemplars)
 
 
 TASK = MbppTask()
