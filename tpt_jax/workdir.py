@@ -196,11 +196,15 @@ def directory_digest(directory: PathLike) -> dict[str, str]:
   weights are an error instead of a silently different model."""
   directory = epath.Path(directory)
   digests = {}
-  for path in sorted(directory.rglob('*')):
-    if path.is_file():
-      digests[os.fspath(path.relative_to(directory))] = hashlib.sha256(
-          path.read_bytes()).hexdigest()
-  return digests
+  pending = [directory]
+  while pending:  # (epath's rglob refuses '**' on object stores.)
+    for path in pending.pop().iterdir():
+      if path.is_dir():
+        pending.append(path)
+      else:
+        digests[os.fspath(path.relative_to(directory))] = hashlib.sha256(
+            path.read_bytes()).hexdigest()
+  return dict(sorted(digests.items()))
 
 
 def damaged_files(directory: PathLike, expected: dict[str, str]) -> list[str]:
@@ -396,9 +400,10 @@ def prepare(config: ml_collections.ConfigDict,
   barrier(f'{workdir}:config')
   if is_writer() and is_local(workdir):
     # Temporary files of JSON writes that were killed are never read.
-    for stale in workdir.rglob('.*.tmp'):
-      if stale.is_file():
-        stale.unlink(missing_ok=True)
+    for directory, _, names in os.walk(os.fspath(workdir)):
+      for name in names:
+        if name.startswith('.') and name.endswith('.tmp'):
+          os.remove(os.path.join(directory, name))
   return workdir
 
 
