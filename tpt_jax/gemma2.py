@@ -144,10 +144,11 @@ def hf_readers(tensors: dict[str, np.ndarray], config: TransformerConfig
 
 def to_hf(flat: dict[str, np.ndarray], config: TransformerConfig
           ) -> dict[str, np.ndarray]:
-  """Our flat params -> HF tensors (the inverse of `hf_readers`)."""
-  if config.transpose_gating_einsum:
-    raise ValueError('Exporting expects the [2, embed, hidden] gating '
-                     'layout (transpose_gating_einsum=False).')
+  """Our flat params -> HF tensors (the inverse of `hf_readers`; also takes
+  the transposed gating layout of the library's 9B / 27B configs)."""
+  if config.transpose_gating_einsum:  # The 9B / 27B library layout.
+    flat = {name: (x.swapaxes(1, 2) if name.endswith('mlp/gating_einsum')
+                   else x) for name, x in flat.items()}
   hf = {'model.embed_tokens.weight': flat['embedder/input_embedding'],
         'model.norm.weight': flat['final_norm/scale']}
   for i in range(config.num_layers):
