@@ -139,3 +139,32 @@ def test_cli_refuses_a_non_empty_output_and_overwrites_atomically(tmp_path):
   missing = run('--overwrite', '--round=2')
   assert missing.returncode != 0
   assert "round_2/train/final_params' does not exist" in missing.stderr
+
+
+def test_tokenizer_files_ship_and_load_in_transformers(tmp_path):
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import decoders, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  hf_tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+  hf_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  hf_tokenizer.decoder = decoders.ByteLevel()
+  hf_tokenizer.train_from_iterator(
+      ['Tom has 3 apples and buys 5 more.'] * 10, trainer=trainers.BpeTrainer(
+          vocab_size=300, show_progress=False,
+          special_tokens=['<|begin_of_text|>', '<|end_of_text|>',
+                          '<|start_header_id|>', '<|end_header_id|>',
+                          '<|eot_id|>'],
+          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  hf_tokenizer.save(str(tmp_path / 'tokenizer.json'))
+  config = _config('llama3_tiny')
+  config.tokenizer.path = str(tmp_path / 'tokenizer.json')
+  model = models.build_model(config.model)
+  _make_run(tmp_path / 'run', config, _random_params(model.abstract_params()))
+  output = export.export_run(workdir=tmp_path / 'run', round_index=1,
+                             output=tmp_path / 'hf')
+  assert (output / 'tokenizer.json').exists()
+  loaded = transformers.AutoTokenizer.from_pretrained(output)
+  assert loaded.bos_token == '<|begin_of_text|>'
+  assert loaded.eos_token == '<|end_of_text|>'
+  text = 'Tom buys 8 apples.'
+  assert loaded.encode(text, add_special_tokens=False) == (
+      hf_tokenizer.encode(text, add_special_tokens=False).ids)
