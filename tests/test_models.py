@@ -1,6 +1,9 @@
 """The models: Gemma2 is the `gemma` library's, with the configured dtypes;
 every family runs through the sampler, SFT, remat and LoRA."""
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +15,8 @@ from tpt_jax import sampling
 from tpt_jax import sharding
 from tpt_jax import train
 from gemma import gm  # pylint: disable=g-bad-import-order
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _model_config(variant, param_dtype='bfloat16', compute_dtype='bfloat16'):
@@ -215,3 +220,76 @@ def test_sft_remat_and_lora_train_every_family(variant):
                                   model=trainer.model, lora_scale_value=2.0)
   merged_loss, _ = train.loss_terms(merged, None, batch, model=base_model)
   np.testing.assert_allclose(merged_loss, lora_loss, rtol=1e-5)
+
+
+# --- the new families through the CLI: TPT and SERT ---------------------------
+
+_TINY_SERT = '''
+from tpt_jax import config as config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.mode = 'sert'
+  c.model.variant = 'gpt2_tiny'  # The student.
+  c.model.param_dtype = 'float32'
+  c.model.compute_dtype = 'float32'
+  c.mesh.shape = (1, 2, 1)
+  c.task.num_train_problems = 8
+  c.task.num_test_problems = 4
+  c.sampling.max_new_tokens = 12
+  c.sampling.batch_size = 8
+  c.sampling.show_progress = False
+  c.sampling.prompt_length_buckets = (128,)
+  c.sampling.max_cache_segments = 1
+  c.loop.num_rounds = 1
+  c.loop.problems_per_shard = 4
+  c.loop.warmup.num_examples = 8
+  c.eval.num_samples = 0
+  # A tiny model is never right: judge the wiring with filters it passes.
+  c.prune.min_reasoning_words = 1
+  c.sert.strategies = 'repetition,no_reasoning,short_reasoning,dedup'
+  c.sert.sampling.num_samples_per_problem = 2
+  c.sert.teacher.prompt_style = 'zero_shot'
+  c.sert.teacher.variant = 'llama3_tiny'  # The teacher, warmed up from random.
+  c.sert.teacher.sampling.num_samples_per_problem = 2
+  c.sert.teacher.sampling.top_k = 40
+  c.sert.teacher.warmup.num_examples = 16
+  c.train.batch_size = 4
+  c.train.max_seq_len = 128
+  c.train.num_steps = 2
+  c.train.warmup_steps = 1
+  c.train.learning_rate = 1e-3
+  c.train.log_every = 1
+  c.train.progress_bar = False
+  return c
+'''
+
+
+def _new_variants_validate():
+  return {'llama3_tiny', 'gpt2_tiny'} <= set(config_lib.MODEL_VARIANTS)
+
+
+@pytest.mark.skipif(not _new_variants_validate(),
+                    reason='config.MODEL_VARIANTS does not list the Llama / '
+                    'GPT-2 variants yet (it should be models.MODEL_VARIANTS).')
+def test_tiny_llama_tpt_round_through_the_cli(run_main, tmp_path):
+  result = run_main(_REPO / 'configs' / 'tiny.py', tmp_path / 'run',
+                    extra=['--config.model.variant=llama3_tiny'])
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+  assert [r['round'] for r in summary['rounds']] == [0, 1]
+  assert (tmp_path / 'run' / 'round_1' / 'train' / 'final_params').is_dir()
+
+
+@pytest.mark.skipif(not _new_variants_validate(),
+                    reason='config.MODEL_VARIANTS does not list the Llama / '
+                    'GPT-2 variants yet (it should be models.MODEL_VARIANTS).')
+def test_tiny_sert_gpt2_student_llama_teacher_through_the_cli(run_main,
+                                                               tmp_path):
+  config_file = tmp_path / 'tiny_sert.py'
+  config_file.write_text(_TINY_SERT)
+  result = run_main(config_file, tmp_path / 'run')
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert (tmp_path / 'run' / 'summary.json').exists()
+  assert (tmp_path / 'run' / 'teacher').is_dir()
