@@ -291,5 +291,8 @@ def test_tiny_sert_gpt2_student_llama_teacher_through_the_cli(run_main,
   config_file.write_text(_TINY_SERT)
   result = run_main(config_file, tmp_path / 'run')
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert (tmp_path / 'run' / 'summary.json').exists()
+  summary = json.loads((tmp_path / 'run' / 'sert_summary.json').read_text())
+  assert summary['title'] == ('SERT: demo, student gpt2_tiny, teacher '
+                              'llama3_tiny')
+  assert [s['stage'] for s in summary['stages']][-1] == 'teacher'
   assert (tmp_path / 'run' / 'teacher').is_dir()
