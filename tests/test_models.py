@@ -190,7 +190,7 @@ def test_sft_remat_and_lora_train_every_family(variant):
   base = _lively_params(base_model, seed=2)
   batch = _batch()
 
-  def losses(config, params, frozen=None):
+  def losses(config, params, frozen=None, mesh=mesh):
     trainer = train.make_trainer(config, num_steps=3, mesh=mesh)
     state = trainer.init_state(jax.random.key(0), params)
     frozen = trainer.put_frozen(frozen)
@@ -202,6 +202,11 @@ def test_sft_remat_and_lora_train_every_family(variant):
 
   plain, _, _, _ = losses(config, base)
   assert plain[-1] < plain[0]
+  # FSDP over 4 devices and tensor parallelism over 2: the same steps.
+  config.mesh.shape = (1, 4, 2)
+  sharded, _, _, _ = losses(config, base, mesh=sharding.make_mesh(config.mesh))
+  np.testing.assert_allclose(sharded, plain, rtol=1e-5)
+  config.mesh.shape = (1, 1, 1)
   config.train.remat_policy = 'full'
   remat, _, _, _ = losses(config, base)
   np.testing.assert_allclose(remat, plain, rtol=1e-5)
