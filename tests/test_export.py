@@ -139,6 +139,25 @@ def test_cli_refuses_a_non_empty_output_and_overwrites_atomically(tmp_path):
   missing = run('--overwrite', '--round=2')
   assert missing.returncode != 0
   assert "round_2/train/final_params' does not exist" in missing.stderr
+  # Any params directory, with a config file naming the model.
+  config_file = tmp_path / 'gpt2_tiny.py'
+  config_file.write_text(
+      'from tpt_jax import config as config_lib\n'
+      'def get_config():\n'
+      '  c = config_lib.base_config()\n'
+      "  c.model.variant = 'gpt2_tiny'\n"
+      '  return c\n')
+  output = tmp_path / 'hf_from_params'
+  from_params = subprocess.run(
+      [sys.executable, '-m', 'tpt_jax.export',
+       f'--params={tmp_path / "run" / "round_1" / "train" / "final_params"}',
+       f'--config={config_file}', f'--output={output}'],
+      cwd=_REPO, capture_output=True, text=True, check=False,
+      env={'PYTHONPATH': str(_REPO), 'PATH': '/usr/bin:/bin',
+           'JAX_PLATFORMS': 'cpu'})
+  assert from_params.returncode == 0, from_params.stderr
+  assert json.loads((output / 'config.json').read_text())['model_type'] == (
+      'gpt2')
 
 
 def test_tokenizer_files_ship_and_load_in_transformers(tmp_path):

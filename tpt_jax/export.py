@@ -4,6 +4,8 @@ r"""Export a round's model (or any params) as a Hugging Face directory.
   python -m tpt_jax.export --params=PARAMS_DIR --workdir=DIR --output=OUT
   python -m tpt_jax.export --params=ADAPTERS_DIR --base=BASE_DIR \
       --workdir=DIR --output=OUT
+  python -m tpt_jax.export --params=PARAMS_DIR \
+      --config=configs/llama3_2_1b.py --output=OUT
 
 writes OUT/config.json, OUT/model-0000i-of-0000n.safetensors with
 OUT/model.safetensors.index.json and the tokenizer files, which
@@ -39,6 +41,7 @@ from absl import app
 from absl import flags
 import jax
 import ml_collections
+from ml_collections import config_flags
 import orbax.checkpoint as ocp
 
 from tpt_jax import checkpoints
@@ -241,9 +244,8 @@ _PARAMS = flags.DEFINE_string('params', None,
 _BASE = flags.DEFINE_string('base', None,
                             'Base params for LoRA adapters (default: the '
                             "run's checkpoint).")
-_CONFIG = flags.DEFINE_string('config', None,
-                              'A config file (.py) instead of the run\'s '
-                              'config.json.')
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, "A config file (.py) instead of the run's config.json.")
 _OUTPUT = flags.DEFINE_string('output', None, 'The HF directory to write.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False,
                                'Replace a non-empty --output.')
@@ -255,10 +257,7 @@ def main(argv):
   del argv
   if not _OUTPUT.value:
     sys.exit('--output is required.')
-  config = None
-  if _CONFIG.value:
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    config = config_flags.load_config_file(_CONFIG.value)
+  config = _CONFIG.value
   try:
     output = export_run(
         output=_OUTPUT.value, workdir=_WORKDIR.value, round_index=_ROUND.value,

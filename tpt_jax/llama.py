@@ -167,7 +167,7 @@ def apply_rope(x: jax.Array, positions: jax.Array,
 
 
 class RMSNorm(nn.Module):
-  """`scale * x / rms(x)`, computed in float32 (Llama's, not gemma's 1+scale)."""
+  """`scale * x / rms(x)` in float32 (Llama's; gemma's uses 1 + scale)."""
   eps: float
   dtype: Any
 

@@ -9,8 +9,8 @@ As in MaxText, every array dimension gets a *logical* name (`vocab`, `embed`,
 
 `PARAM_LOGICAL_AXES` says which logical names each param of the `gemma`
 Gemma2 tree has (and of the Llama / GPT-2 trees, which reuse its names and
-add a few params of their own). A dimension whose size does not divide the mesh axes it maps
-to is replicated instead, with a logged warning.
+add a few params of their own). A dimension whose size does not divide the
+mesh axes it maps to is replicated instead, with a logged warning.
 """
 
 from __future__ import annotations
