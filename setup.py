@@ -17,6 +17,8 @@ setuptools.setup(
         'gemma==3.3.0',
         # 0.2.1+ ships protobuf-7 generated code; TensorFlow pins protobuf 6.
         'sentencepiece==0.2.0',
+        # Hugging Face tokenizer.json (Llama-3, GPT-2 checkpoints).
+        'tokenizers',
         'jax',
         'flax',
         'optax',

@@ -4,9 +4,10 @@ r"""Runs one float32 forward pass of any supported checkpoint; saves the logits.
       --config=configs/gemma2_2b.py --tokens=2,651,1234 --output=logits.npy
 
 Use it to check a conversion: the same weights in another format (orbax
-flat / nested, Hugging Face safetensors) must give the same logits. The
-architecture comes from `config.json` for a Hugging Face directory, from
-`--config` (default: configs/gemma2_2b.py) otherwise. Saves a float32 array
+flat / nested, Hugging Face safetensors, an export by `tpt_jax.export`) must
+give the same logits. Any family (Gemma2, Llama-3, GPT-2). The architecture
+comes from `config.json` for a Hugging Face directory, from `--config`
+(default: configs/gemma2_2b.py) otherwise. Saves a float32 array
 `[len(tokens), vocab]`.
 """
 

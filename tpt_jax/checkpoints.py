@@ -1,4 +1,4 @@
-"""Loading Gemma2 weights into our param tree, straight into the mesh.
+"""Loading weights into our param tree, straight into the mesh; writing HF.
 
 Two sources, one result (the nested `gm.nn.Transformer` param tree, each leaf
 a `jax.Array` with the sharding the rules table gives, in the configured
@@ -8,9 +8,11 @@ dtype):
   `transformer/layer_0/attn/q_einsum` layout) or as `gemma` writes them
   (nested). The layout conversion is the `gemma` library's own; orbax restores
   each array directly into its target sharding and dtype.
-* Hugging Face Gemma2 directories (`config.json` + one or several
-  `*.safetensors`). The architecture is read from `config.json`. Tensors are
-  memory-mapped and each device reads only its own shard
+* Hugging Face directories of any family (Gemma2, Llama, GPT-2:
+  `config.json` + one or several `*.safetensors`). The architecture and the
+  family come from `config.json`; each family's module (`tpt_jax.gemma2`,
+  `tpt_jax.llama`, `tpt_jax.gpt2`) maps HF tensor names to our params.
+  Tensors are memory-mapped and each device reads only its own shard
   (`jax.make_array_from_callback`), so the whole model is never on one device.
 
 Before reading anything, the checkpoint's tensors are matched against the
@@ -22,8 +24,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import struct
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import jax
@@ -31,6 +34,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from tpt_jax import gemma2
+from tpt_jax import gpt2
+from tpt_jax import llama
 from tpt_jax import models
 from tpt_jax import sharding as sharding_lib
 from gemma.gm.ckpts import _checkpoint as gemma_checkpoint  # pylint: disable=g-bad-import-order
@@ -39,6 +45,10 @@ import orbax.checkpoint as ocp  # pylint: disable=g-bad-import-order
 Params = models.Params
 
 FORMATS = ('orbax', 'safetensors')
+
+# Family name -> the module with its Hugging Face mapping.
+_FAMILY_MODULES = {gemma2.FAMILY: gemma2, llama.FAMILY: llama,
+                   gpt2.FAMILY: gpt2}
 
 
 class CheckpointMismatchError(ValueError):
@@ -165,7 +175,7 @@ def _read_safetensors_index(path: pathlib.Path
         continue
       if info['dtype'] not in _SAFETENSORS_DTYPES:
         raise ValueError(f'{file}: tensor {name} has dtype {info["dtype"]}, '
-                         'which Gemma2 weights never use.')
+                         'which model weights never use.')
       if name in tensors:
         raise ValueError(f'Tensor {name} appears in both {tensors[name][1]} '
                          f'and {file}.')
@@ -181,56 +191,25 @@ def _read_safetensors_index(path: pathlib.Path
   return tensors
 
 
+def family_module(architecture: models.Architecture) -> Any:
+  """The module holding a family's HF mapping (`gemma2`, `llama`, `gpt2`)."""
+  return _FAMILY_MODULES[models.family_of(architecture)]
+
+
 def transformer_config_from_hf(config_json: dict[str, Any]
-                               ) -> models.TransformerConfig:
-  """The gemma TransformerConfig equal to a Hugging Face Gemma2 config."""
-  if config_json.get('model_type') not in ('gemma2', None):
-    raise ValueError(f'config.json has model_type='
-                     f'{config_json.get("model_type")!r}; expected gemma2.')
-  try:
-    embed_dim = config_json['hidden_size']
-    num_heads = config_json['num_attention_heads']
-    head_dim = config_json.get('head_dim', embed_dim // num_heads)
-    num_layers = config_json['num_hidden_layers']
-    scalar = config_json.get('query_pre_attn_scalar', head_dim)
-    normalisation = models.gm.nn.config.QueryPreAttentionNormalisation
-    if scalar == head_dim:
-      query_norm = normalisation.BY_ONE_OVER_SQRT_HEAD_DIM
-    elif scalar == embed_dim // num_heads:
-      query_norm = normalisation.BY_ONE_OVER_SQRT_EMBED_DIM_DIV_NUM_HEADS
-    else:
-      raise ValueError(
-          f'config.json: query_pre_attn_scalar={scalar} is neither head_dim '
-          f'({head_dim}) nor hidden_size/num_attention_heads '
-          f'({embed_dim // num_heads}); gemma supports only those.')
-    rope = config_json.get('rope_theta', 10_000)
-    return models.TransformerConfig(
-        num_embed=config_json['vocab_size'],
-        embed_dim=embed_dim,
-        hidden_dim=config_json['intermediate_size'],
-        num_heads=num_heads,
-        head_dim=head_dim,
-        num_kv_heads=config_json['num_key_value_heads'],
-        final_logit_softcap=config_json.get('final_logit_softcapping'),
-        use_post_attn_norm=True,
-        use_post_ffw_norm=True,
-        attention_types=(
-            (models.AttentionType.LOCAL_SLIDING, models.AttentionType.GLOBAL)
-            * ((num_layers + 1) // 2))[:num_layers],
-        query_pre_attn_norm=query_norm,
-        attn_logits_soft_cap=config_json.get('attn_logit_softcapping'),
-        sliding_window_size=config_json.get('sliding_window', 4096),
-        # Our tree layout for the gating matrix: [2, embed, hidden].
-        transpose_gating_einsum=False,
-        local_base_frequency=int(rope),
-        global_base_frequency=int(rope),
-    )
-  except KeyError as e:
-    raise ValueError(f'config.json lacks the field {e.args[0]!r}.') from e
+                               ) -> models.Architecture:
+  """The architecture of a Hugging Face `config.json` (by its model_type)."""
+  model_type = config_json.get('model_type', 'gemma2')
+  for module in _FAMILY_MODULES.values():
+    if module.MODEL_TYPE == model_type:
+      return module.config_from_hf(config_json)
+  raise ValueError(
+      f'config.json has model_type={model_type!r}; supported are '
+      f'{sorted(m.MODEL_TYPE for m in _FAMILY_MODULES.values())}.')
 
 
-def read_hf_config(path: str | os.PathLike[str]) -> models.TransformerConfig:
-  """Reads `path/config.json` of a Hugging Face Gemma2 directory."""
+def read_hf_config(path: str | os.PathLike[str]) -> models.Architecture:
+  """Reads `path/config.json` of a Hugging Face checkpoint directory."""
   config_path = pathlib.Path(path) / 'config.json'
   if not config_path.exists():
     raise FileNotFoundError(
@@ -243,81 +222,28 @@ def read_hf_config(path: str | os.PathLike[str]) -> models.TransformerConfig:
   return transformer_config_from_hf(config_json)
 
 
-# (Hugging Face norm name, our norm name) in every layer.
-_NORM_NAMES = (
-    ('input_layernorm', 'pre_attention_norm'),
-    ('post_attention_layernorm', 'post_attention_norm'),
-    ('pre_feedforward_layernorm', 'pre_ffw_norm'),
-    ('post_feedforward_layernorm', 'post_ffw_norm'),
-)
-
-# Reads one shard of a param from the memory-mapped HF tensors.
-ShardReader = Callable[[tuple[slice, ...]], np.ndarray]
-
-
-def _hf_param_readers(tensors: dict[str, np.ndarray],
-                      config: models.TransformerConfig
-                      ) -> dict[str, tuple[tuple[int, ...], ShardReader]]:
-  """Maps our param names to (shape, shard reader) over the HF tensors.
-
-  Every reader applies reshapes/transposes as numpy views, so indexing reads
-  only the bytes of the requested shard.
-  """
-  heads, kv_heads = config.num_heads, config.num_kv_heads
-  head_dim, embed = config.head_dim, config.embed_dim
-
-  def view(name, fn=lambda x: x):
-    array = fn(tensors[name])
-    return tuple(array.shape), lambda index: np.asarray(array[index])
-
-  def stacked(names, fn):
-    """Stacks HF tensors along a new leading axis (e.g. k and v)."""
-    parts = [fn(tensors[n]) for n in names]
-    shape = (len(parts),) + tuple(parts[0].shape)
-    def read(index):
-      return np.stack([np.asarray(p[index[1:]]) for p in parts[index[0]]])
-    return shape, read
-
-  readers = {'embedder/input_embedding': view('model.embed_tokens.weight'),
-             'final_norm/scale': view('model.norm.weight')}
-  for i in range(config.num_layers):
-    hf, ours = f'model.layers.{i}.', f'layer_{i}/'
-    readers[ours + 'attn/q_einsum/w'] = view(
-        hf + 'self_attn.q_proj.weight',
-        lambda w: w.reshape(heads, head_dim, embed).transpose(0, 2, 1))
-    readers[ours + 'attn/kv_einsum/w'] = stacked(
-        [hf + 'self_attn.k_proj.weight', hf + 'self_attn.v_proj.weight'],
-        lambda w: w.reshape(kv_heads, head_dim, embed).transpose(0, 2, 1))
-    readers[ours + 'attn/attn_vec_einsum/w'] = view(
-        hf + 'self_attn.o_proj.weight',
-        lambda w: w.T.reshape(heads, head_dim, embed))
-    # gemma computes gelu(x @ w[0]) * (x @ w[1]): w[0] is HF's gate_proj.
-    readers[ours + 'mlp/gating_einsum'] = stacked(
-        [hf + 'mlp.gate_proj.weight', hf + 'mlp.up_proj.weight'],
-        lambda w: w.T)
-    readers[ours + 'mlp/linear'] = view(hf + 'mlp.down_proj.weight',
-                                        lambda w: w.T)
-    for hf_norm, our_norm in _NORM_NAMES:
-      readers[ours + our_norm + '/scale'] = view(f'{hf}{hf_norm}.weight')
-  return readers
+def hf_config_json(architecture: models.Architecture) -> dict[str, Any]:
+  """The Hugging Face `config.json` of an architecture of any family."""
+  return family_module(architecture).hf_config_json(architecture)
 
 
 def load_safetensors(path: str | os.PathLike[str], model: models.Model,
                      mesh: jax.sharding.Mesh) -> Params:
-  """Loads a Hugging Face Gemma2 directory, each device reading its shard."""
+  """Loads a Hugging Face directory, each device reading its own shard."""
   path = pathlib.Path(path)
+  family = family_module(model.config)
+  source = f'Hugging Face checkpoint {str(path)!r}'
   tensors = {name: array
-             for name, (array, _) in _read_safetensors_index(path).items()}
-  # Tied embeddings: HF may also store lm_head; it must equal the embedding.
-  tensors.pop('lm_head.weight', None)
-  expected_hf = _expected_hf_shapes(model.config)
-  check_matches({k: tuple(v.shape) for k, v in tensors.items()}, expected_hf,
-                source=f'Hugging Face checkpoint {str(path)!r}')
-  readers = _hf_param_readers(tensors, model.config)
+             for name, (array, _) in _read_safetensors_index(path).items()
+             if not re.fullmatch(family.IGNORED_HF_TENSORS, name)}
+  check_matches({k: tuple(v.shape) for k, v in tensors.items()},
+                family.expected_hf_shapes(tensors, model.config),
+                source=source)
+  readers = family.hf_readers(tensors, model.config)
   target = target_params(model, mesh)
   flat_target = _flatten(target)
   check_matches({k: shape for k, (shape, _) in readers.items()},
-                _shapes(target), source=f'Hugging Face checkpoint {str(path)!r}')
+                _shapes(target), source=source)
 
   def load_leaf(name: str, leaf: jax.ShapeDtypeStruct) -> jax.Array:
     _, read = readers[name]
@@ -331,29 +257,6 @@ def load_safetensors(path: str | os.PathLike[str], model: models.Model,
   return _unflatten(flat_params)
 
 
-def _expected_hf_shapes(config: models.TransformerConfig
-                        ) -> dict[str, tuple[int, ...]]:
-  """The tensors (and shapes) a HF Gemma2 checkpoint of `config` holds."""
-  d, h, kv, hd, f = (config.embed_dim, config.num_heads, config.num_kv_heads,
-                     config.head_dim, config.hidden_dim)
-  shapes = {'model.embed_tokens.weight': (config.num_embed, d),
-            'model.norm.weight': (d,)}
-  for i in range(config.num_layers):
-    p = f'model.layers.{i}.'
-    shapes.update({
-        p + 'self_attn.q_proj.weight': (h * hd, d),
-        p + 'self_attn.k_proj.weight': (kv * hd, d),
-        p + 'self_attn.v_proj.weight': (kv * hd, d),
-        p + 'self_attn.o_proj.weight': (d, h * hd),
-        p + 'mlp.gate_proj.weight': (f, d),
-        p + 'mlp.up_proj.weight': (f, d),
-        p + 'mlp.down_proj.weight': (d, f),
-    })
-    for norm, _ in _NORM_NAMES:
-      shapes[f'{p}{norm}.weight'] = (d,)
-  return shapes
-
-
 def _unflatten(flat: dict[str, Any]) -> Params:
   tree: Params = {}
   for name, value in flat.items():
@@ -365,38 +268,17 @@ def _unflatten(flat: dict[str, Any]) -> Params:
   return tree
 
 
-def save_safetensors(params: Params, config: models.TransformerConfig,
+def save_safetensors(params: Params, config: models.Architecture,
                      path: str | os.PathLike[str], *,
                      max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes params as a Hugging Face Gemma2 directory (export / tests).
+  """Writes params as a Hugging Face directory (export / tests).
 
-  The inverse of `load_safetensors`: `config.json` plus one or more
-  `model-0000i-of-0000n.safetensors` files of at most `max_shard_bytes`.
+  The inverse of `load_safetensors`: `config.json`, one or more
+  `model-0000i-of-0000n.safetensors` files of at most `max_shard_bytes` and
+  `model.safetensors.index.json`. Arrays keep their dtype.
   """
-  if config.transpose_gating_einsum:
-    raise ValueError('save_safetensors expects the [2, embed, hidden] gating '
-                     'layout (transpose_gating_einsum=False).')
   flat = {k: np.asarray(jax.device_get(v)) for k, v in _flatten(params).items()}
-  heads, kv, hd, d = (config.num_heads, config.num_kv_heads, config.head_dim,
-                      config.embed_dim)
-  hf = {'model.embed_tokens.weight': flat['embedder/input_embedding'],
-        'model.norm.weight': flat['final_norm/scale']}
-  for i in range(config.num_layers):
-    p, o = f'model.layers.{i}.', f'layer_{i}/'
-    hf[p + 'self_attn.q_proj.weight'] = (
-        flat[o + 'attn/q_einsum/w'].transpose(0, 2, 1).reshape(heads * hd, d))
-    k, v = flat[o + 'attn/kv_einsum/w']
-    hf[p + 'self_attn.k_proj.weight'] = k.transpose(0, 2, 1).reshape(kv * hd, d)
-    hf[p + 'self_attn.v_proj.weight'] = v.transpose(0, 2, 1).reshape(kv * hd, d)
-    hf[p + 'self_attn.o_proj.weight'] = (
-        flat[o + 'attn/attn_vec_einsum/w'].reshape(heads * hd, d).T)
-    gate, up = flat[o + 'mlp/gating_einsum']
-    hf[p + 'mlp.gate_proj.weight'] = gate.T
-    hf[p + 'mlp.up_proj.weight'] = up.T
-    hf[p + 'mlp.down_proj.weight'] = flat[o + 'mlp/linear'].T
-    for hf_norm, our_norm in _NORM_NAMES:
-      hf[f'{p}{hf_norm}.weight'] = flat[f'{o}{our_norm}/scale']
-
+  hf = family_module(config).to_hf(flat, config)
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   shards: list[dict[str, np.ndarray]] = [{}]
@@ -410,16 +292,23 @@ def save_safetensors(params: Params, config: models.TransformerConfig,
     shard_bytes += array.nbytes
   dtype_names = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
   weight_map = {}
+  total_bytes = 0
   for shard_index, shard in enumerate(shards):
     file_name = (f'model-{shard_index + 1:05d}-of-{len(shards):05d}'
                  '.safetensors')
     header, offset = {}, 0
     for name, array in shard.items():
+      if array.dtype not in dtype_names:
+        raise ValueError(f'Tensor {name} has dtype {array.dtype}; '
+                         f'safetensors export supports '
+                         f'{sorted(str(d) for d in dtype_names)}.')
       header[name] = {'dtype': dtype_names[array.dtype],
                       'shape': list(array.shape),
                       'data_offsets': [offset, offset + array.nbytes]}
       offset += array.nbytes
       weight_map[name] = file_name
+    total_bytes += offset
+    header['__metadata__'] = {'format': 'pt'}
     header_bytes = json.dumps(header).encode()
     header_bytes += b' ' * (-len(header_bytes) % 8)
     with open(path / file_name, 'wb') as f:
@@ -428,33 +317,10 @@ def save_safetensors(params: Params, config: models.TransformerConfig,
       for array in shard.values():
         f.write(array.tobytes())
   (path / 'model.safetensors.index.json').write_text(json.dumps(
-      {'metadata': {}, 'weight_map': weight_map}, indent=1))
+      {'metadata': {'total_size': total_bytes}, 'weight_map': weight_map},
+      indent=1))
   (path / 'config.json').write_text(json.dumps(hf_config_json(config),
                                                indent=1))
-
-
-def hf_config_json(config: models.TransformerConfig) -> dict[str, Any]:
-  """The Hugging Face `config.json` fields of a Gemma2 architecture."""
-  return {
-      'architectures': ['Gemma2ForCausalLM'],
-      'model_type': 'gemma2',
-      'vocab_size': config.num_embed,
-      'hidden_size': config.embed_dim,
-      'intermediate_size': config.hidden_dim,
-      'num_hidden_layers': config.num_layers,
-      'num_attention_heads': config.num_heads,
-      'num_key_value_heads': config.num_kv_heads,
-      'head_dim': config.head_dim,
-      'query_pre_attn_scalar': int(round(config.query_pre_attn_scalar() ** -2)),
-      'final_logit_softcapping': config.final_logit_softcap,
-      'attn_logit_softcapping': config.attn_logits_soft_cap,
-      'sliding_window': config.sliding_window_size,
-      'rope_theta': config.global_base_frequency,
-      'hidden_activation': 'gelu_pytorch_tanh',
-      'rms_norm_eps': 1e-6,
-      'tie_word_embeddings': True,
-      'pad_token_id': 0, 'eos_token_id': 1, 'bos_token_id': 2,
-  }
 
 
 # ------------------------------------------------------------------ API ---

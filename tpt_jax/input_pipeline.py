@@ -127,10 +127,10 @@ def encode_example(tokenizer: tokenizer_lib.Tokenizer, prompt: str,
   prompt_ids = tokenizer_lib.encode_prompt(tokenizer, prompt,
                                            chat_template=chat_template)
   completion_ids = [int(t) for t in tokenizer.encode(completion)]
-  terminator = (tokenizer_lib.END_OF_TURN_ID if chat_template
-                else tokenizer_lib.EOS_ID)
+  terminator = tokenizer_lib.terminator_id(tokenizer,
+                                           chat_template=chat_template)
   if not completion_ids or completion_ids[-1] not in (
-      tokenizer_lib.EOS_ID, tokenizer_lib.END_OF_TURN_ID):
+      tokenizer_lib.eos_token_ids(tokenizer)):
     completion_ids.append(terminator)
   return np.asarray(prompt_ids + completion_ids, np.int32), len(prompt_ids)
 

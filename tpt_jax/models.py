@@ -1,10 +1,17 @@
-"""Gemma2 models: the `gemma` library's `gm.nn.Transformer`, configured by name.
+"""The models, configured by name: Gemma2, Llama-3 and GPT-2 families.
 
-We never re-implement the model. The 2B / 9B / 27B configs are the library's
-own (`gm.nn.Gemma2_2B.config`, ...); the toy variants keep every feature of
-the architecture (alternating local-sliding / global attention, attention and
-final-logit softcaps, grouped-query attention, post-attention and post-FFW
-norms) at a size that runs in seconds on a CPU.
+Gemma2 is the `gemma` library's `gm.nn.Transformer`, never re-implemented:
+the 2B / 9B / 27B configs are the library's own (`gm.nn.Gemma2_2B.config`,
+...); the toy variants keep every feature of the architecture (alternating
+local-sliding / global attention, attention and final-logit softcaps,
+grouped-query attention, post-attention and post-FFW norms) at a size that
+runs in seconds on a CPU.
+
+The other families (`tpt_jax.llama`, `tpt_jax.gpt2`) are flax modules with
+the same call contract, cache layout and param naming conventions (see
+`tpt_jax.layers`), so the sampler, the trainer and the checkpoints take any
+`Model`. `build_model` dispatches on `config.model.variant`, or on the type
+of an explicit architecture (e.g. read from a Hugging Face `config.json`).
 """
 
 from __future__ import annotations
@@ -16,19 +23,29 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from flax import linen as nn
+
+from tpt_jax import gpt2
+from tpt_jax import llama
 from tpt_jax import _gemma_compat  # pylint: disable=unused-import  # Must precede gemma.
 from gemma import gm  # pylint: disable=g-bad-import-order
 
 Params = dict[str, Any]
 TransformerConfig = gm.nn.config.TransformerConfig
 AttentionType = gm.nn.AttentionType
+# An architecture of any family.
+Architecture = TransformerConfig | llama.LlamaConfig | gpt2.GPT2Config
 
 # Vocabulary of the toy variants when the config does not give one.
 DEFAULT_TOY_VOCAB_SIZE = 512
-# Variants small enough to train from scratch (tests, the CPU demo).
-TOY_VARIANTS = ('gemma2_tiny', 'gemma2_demo')
-# Every `config.model.variant`: the gemma library's Gemma2 sizes, then toys.
-MODEL_VARIANTS = ('gemma2_2b', 'gemma2_9b', 'gemma2_27b', *TOY_VARIANTS)
+GEMMA2_VARIANTS = ('gemma2_2b', 'gemma2_9b', 'gemma2_27b', 'gemma2_tiny',
+                   'gemma2_demo')
+# Every `config.model.variant` there is.
+MODEL_VARIANTS = GEMMA2_VARIANTS + llama.VARIANTS + gpt2.VARIANTS
+# Variants small enough to train from scratch (tests, the CPU demo); they
+# get a sentencepiece tokenizer with Gemma2's special ids when none is given.
+TOY_VARIANTS = (('gemma2_tiny', 'gemma2_demo') + llama.TOY_VARIANTS +
+                gpt2.TOY_VARIANTS)
 
 
 def _library_config(variant: str) -> TransformerConfig:
@@ -62,10 +79,26 @@ def _toy_config(*, vocab_size: int, embed_dim: int, hidden_dim: int,
   )
 
 
+def family_of(architecture: Architecture) -> str:
+  """'gemma2', 'llama' or 'gpt2'."""
+  if isinstance(architecture, llama.LlamaConfig):
+    return llama.FAMILY
+  if isinstance(architecture, gpt2.GPT2Config):
+    return gpt2.FAMILY
+  if isinstance(architecture, TransformerConfig):
+    return 'gemma2'
+  raise TypeError(f'{type(architecture).__name__} is not an architecture of '
+                  'a known model family.')
+
+
 def transformer_config(model_config: ml_collections.ConfigDict
-                      ) -> TransformerConfig:
-  """Returns the `gemma` TransformerConfig named by `config.model`."""
+                      ) -> Architecture:
+  """Returns the architecture named by `config.model.variant`."""
   variant = model_config.variant
+  if variant in llama.VARIANTS:
+    return llama.variant_config(variant, model_config.get('vocab_size'))
+  if variant in gpt2.VARIANTS:
+    return gpt2.variant_config(variant, model_config.get('vocab_size'))
   if variant in ('gemma2_2b', 'gemma2_9b', 'gemma2_27b'):
     if model_config.get('vocab_size') not in (None, 256128):
       raise ValueError(
@@ -84,25 +117,31 @@ def transformer_config(model_config: ml_collections.ConfigDict
     return _toy_config(vocab_size=vocab_size, embed_dim=128, hidden_dim=512,
                        num_heads=4, num_kv_heads=2, head_dim=32, num_layers=4,
                        sliding_window_size=64)
-  raise ValueError(f'config.model.variant={variant!r} is not a known model.')
+  raise ValueError(f'config.model.variant={variant!r} is not a known model; '
+                   f'the variants are {MODEL_VARIANTS}.')
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """A Gemma2 transformer with the dtypes it runs in.
+  """A transformer of any family with the dtypes it runs in.
 
   Attributes:
-    module: the `gm.nn.Transformer`; apply it with `{'params': params}`.
+    module: `gm.nn.Transformer`, `llama.Llama` or `gpt2.GPT2` (or one of
+      them wrapped for training); apply it with `{'params': params}`.
     param_dtype: dtype in which params are stored (and loaded).
     compute_dtype: dtype the forward pass runs in; params are cast to it.
   """
-  module: gm.nn.Transformer
+  module: nn.Module
   param_dtype: jnp.dtype
   compute_dtype: jnp.dtype
 
   @property
-  def config(self) -> TransformerConfig:
+  def config(self) -> Architecture:
     return self.module.config
+
+  @property
+  def family(self) -> str:
+    return family_of(self.config)
 
   def init_params(self, rng: jax.Array) -> Params:
     """Random params in `param_dtype` (the library's initialisers)."""
@@ -114,7 +153,7 @@ class Model:
     return jax.eval_shape(self.init_params, jax.random.key(0))
 
   def apply(self, params: Params, tokens: jax.Array, **kwargs) -> Any:
-    """Forward pass in `compute_dtype`; kwargs go to `gm.nn.Transformer`."""
+    """Forward pass in `compute_dtype`; kwargs as `gm.nn.Transformer`'s."""
     return self.module.apply({'params': cast(params, self.compute_dtype)},
                              tokens, **kwargs)
 
@@ -129,23 +168,25 @@ def cast(params: Params, dtype: jnp.dtype) -> Params:
 
 
 def build_model(model_config: ml_collections.ConfigDict,
-                transformer: TransformerConfig | None = None) -> Model:
+                transformer: Architecture | None = None) -> Model:
   """Builds the model named by `config.model` (or the given architecture).
 
   Args:
     model_config: the `config.model` section.
-    transformer: an explicit architecture (e.g. read from a Hugging Face
-      `config.json`); overrides `model_config.variant`.
+    transformer: an explicit architecture of any family (e.g. read from a
+      Hugging Face `config.json`); overrides `model_config.variant`.
   """
   param_dtype = jnp.dtype(model_config.param_dtype)
-  return Model(
-      module=gm.nn.Transformer(
-          config=transformer or transformer_config(model_config),
-          dtype=param_dtype,
-      ),
-      param_dtype=param_dtype,
-      compute_dtype=jnp.dtype(model_config.compute_dtype),
-  )
+  architecture = transformer or transformer_config(model_config)
+  family = family_of(architecture)
+  if family == llama.FAMILY:
+    module = llama.Llama(config=architecture, dtype=param_dtype)
+  elif family == gpt2.FAMILY:
+    module = gpt2.GPT2(config=architecture, dtype=param_dtype)
+  else:
+    module = gm.nn.Transformer(config=architecture, dtype=param_dtype)
+  return Model(module=module, param_dtype=param_dtype,
+               compute_dtype=jnp.dtype(model_config.compute_dtype))
 
 
 def count_params(params: Params) -> int:

@@ -8,8 +8,9 @@ As in MaxText, every array dimension gets a *logical* name (`vocab`, `embed`,
   batch          -> (data, fsdp)
 
 `PARAM_LOGICAL_AXES` says which logical names each param of the `gemma`
-Gemma2 tree has. A dimension whose size does not divide the mesh axes it maps
-to is replicated instead, with a logged warning.
+Gemma2 tree has (and of the Llama / GPT-2 trees, which reuse its names and
+add a few params of their own). A dimension whose size does not divide the
+mesh axes it maps to is replicated instead, with a logged warning.
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ PARAM_LOGICAL_AXES: Sequence[tuple[str, tuple[str | None, ...]]] = (
      ('lora_rank', 'qkv', 'mlp')),
     (r'layer_\d+/mlp/_LoRAEinsum_linear/lora/a', ('mlp', 'lora_rank')),
     (r'layer_\d+/mlp/_LoRAEinsum_linear/lora/b', ('lora_rank', 'embed')),
+    # Llama (`tpt_jax.llama`): the untied output projection.
+    (r'embedder/output_embedding', ('vocab', 'embed')),
+    # GPT-2 (`tpt_jax.gpt2`): learned positions, biases, LayerNorm biases,
+    # the ungated MLP input and its adapters.
+    (r'embedder/position_embedding', (None, 'embed')),
+    (r'layer_\d+/attn/qkv_bias', ('qkv', 'heads', 'head_dim')),
+    (r'layer_\d+/(attn/attn_vec|mlp/linear)_bias', (None,)),
+    (r'layer_\d+/mlp/up_einsum', ('embed', 'mlp')),
+    (r'layer_\d+/mlp/up_bias', ('mlp',)),
+    (r'layer_\d+/(pre|post)_(attention|ffw)_norm/bias', ('norm',)),
+    (r'final_norm/bias', ('norm',)),
+    (r'layer_\d+/mlp/_LoRAEinsum_up_einsum/lora/a', ('embed', 'lora_rank')),
+    (r'layer_\d+/mlp/_LoRAEinsum_up_einsum/lora/b', ('lora_rank', 'mlp')),
 )
 
 # KV cache of one layer, as `gm.nn.Attention.init_cache` builds it.

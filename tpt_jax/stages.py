@@ -119,7 +119,11 @@ def build_tokenizer(config: ml_collections.ConfigDict,
   if config.tokenizer.path:
     return tokenizer_lib.load_tokenizer(config.tokenizer.path)
   if config.model.variant not in models.TOY_VARIANTS:
-    return tokenizer_lib.tokenizer_from_config(config.tokenizer)  # Raises.
+    try:
+      return tokenizer_lib.tokenizer_from_config(
+          config.tokenizer, checkpoint_path=config.checkpoint.path)
+    except ValueError as e:
+      raise config_fields.ConfigError(str(e)) from e
   path = workdir / TOKENIZER_FILE
   if not path.exists():
     if workdir_lib.is_writer():
@@ -217,6 +221,10 @@ def think(ctx: RunContext, params: models.Params,
     One `Sample` per (problem, sample), in problem then sample order.
   """
   directory.mkdir(parents=True, exist_ok=True)
+  if ctx.model.family != 'gemma2':
+    # Gemma2's end ids (1, 107) are ordinary tokens in other vocabularies.
+    settings = dataclasses.replace(
+        settings, eos_token_ids=tokenizer_lib.eos_token_ids(ctx.tokenizer))
   per_shard = problems_per_shard(ctx.config, settings.num_samples_per_problem)
   slices = [list(problems[start:start + per_shard])
             for start in range(0, len(problems), per_shard)]

@@ -1,25 +1,39 @@
-"""Gemma2's sentencepiece tokenizer, its special tokens and chat template.
+"""Tokenizers: Gemma2's sentencepiece and Hugging Face `tokenizer.json`.
 
-The tokenizer object is the `gemma` library's `gm.text.Gemma2Tokenizer`
-(so it plugs into `gm.text.Sampler` as well), loaded from a local path and
-checked to have Gemma2's special ids. `train_sentencepiece` builds a small
-model with the same special ids, for tests and the CPU demo (no download).
+Two kinds, one interface (`encode(text, add_bos=False)`, `decode(ids)`,
+`vocab_size`):
+
+* Gemma2's sentencepiece model: the `gemma` library's
+  `gm.text.Gemma2Tokenizer` (so it plugs into `gm.text.Sampler` as well),
+  loaded from a local path and checked to have Gemma2's special ids.
+  `train_sentencepiece` builds a small model with the same special ids, for
+  tests and the CPU demo (no download).
+* A Hugging Face `tokenizer.json` (Llama-3, GPT-2, ...), read with the
+  `tokenizers` library into `HFTokenizer`.
+
+Each family has its own special tokens and chat template (`SpecialTokens`:
+Gemma2's `<start_of_turn>`, Llama-3's `<|start_header_id|>` headers and
+`<|eot_id|>`, GPT-2's lone `<|endoftext|>` and no template);
+`special_tokens(tokenizer)` finds them from the vocabulary, and
+`encode_prompt` / `terminator_id` / `eos_token_ids` use them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pathlib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import ml_collections
 import sentencepiece as spm
+import tokenizers
 
 from tpt_jax import _gemma_compat  # pylint: disable=unused-import
 from gemma import gm  # pylint: disable=g-bad-import-order
 
-Tokenizer = gm.text.Gemma2Tokenizer
+SentencePieceTokenizer = gm.text.Gemma2Tokenizer
 
 PAD_ID = 0
 EOS_ID = 1
@@ -43,30 +57,217 @@ _GEMMA2_RESERVED_PIECES = (['<mask>', '<2mass>', '[@BOS@]'] +
 
 CHAT_TEMPLATE = ('<start_of_turn>user\n{prompt}<end_of_turn>\n'
                  '<start_of_turn>model\n')
+LLAMA3_CHAT_TEMPLATE = ('<|start_header_id|>user<|end_header_id|>\n\n'
+                        '{prompt}<|eot_id|>'
+                        '<|start_header_id|>assistant<|end_header_id|>\n\n')
+# Files a checkpoint directory may hold, in order of preference.
+# (Gemma2 directories hold both; its sentencepiece model is the one the
+# sampler's stop strings and `gm.text.Sampler` know.)
+TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json')
 
 
-def format_prompt(prompt: str, *, chat_template: bool) -> str:
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+  """A family's special tokens and chat template.
+
+  Attributes:
+    family: 'gemma2', 'llama3' or 'gpt2'.
+    bos_id: prepended to every prompt (None: nothing is prepended).
+    eos_id: ends a plain completion.
+    end_of_turn_id: ends a chat turn (None: the family has no chat format).
+    chat_template: the prompt's text with `{prompt}`, or None.
+  """
+  family: str
+  bos_id: int | None
+  eos_id: int
+  end_of_turn_id: int | None
+  chat_template: str | None
+
+
+GEMMA2_SPECIAL_TOKENS = SpecialTokens(
+    family='gemma2', bos_id=BOS_ID, eos_id=EOS_ID,
+    end_of_turn_id=END_OF_TURN_ID, chat_template=CHAT_TEMPLATE)
+
+
+class HFTokenizer:
+  """A Hugging Face `tokenizer.json`, with our tokenizer interface.
+
+  `encode` adds no special tokens (the tokenizer's post-processor is not
+  applied: BOS is ours to add, as for sentencepiece); `decode` drops them.
+  """
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, path: str = ''):
+    self._tokenizer = tokenizer
+    self.path = path
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
+    ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+    if add_bos:
+      bos = special_tokens(self).bos_id
+      ids = ([] if bos is None else [bos]) + ids
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tokenizer.decode([int(i) for i in ids],
+                                  skip_special_tokens=True)
+
+  def token_to_id(self, token: str) -> int | None:
+    return self._tokenizer.token_to_id(token)
+
+  def id_to_token(self, token_id: int) -> str | None:
+    return self._tokenizer.id_to_token(int(token_id))
+
+  def token_bytes(self) -> list[bytes]:
+    """The bytes each token id contributes to a decoded string (special
+    tokens none), as `sampling_utils.sentencepiece_token_bytes` gives them
+    for sentencepiece: what stop strings are matched against."""
+    special = {t.content for t in
+               self._tokenizer.get_added_tokens_decoder().values()
+               if t.special}
+    byte_level = _is_byte_level(self._tokenizer)
+    unicode_to_byte = {c: b for b, c in _bytes_to_unicode().items()}
+    result = []
+    for token_id in range(self.vocab_size):
+      piece = self._tokenizer.id_to_token(token_id)
+      if piece is None or piece in special:
+        result.append(b'')
+      elif byte_level:
+        result.append(bytes(unicode_to_byte[c] for c in piece))
+      elif piece.startswith('<0x') and piece.endswith('>') and len(piece) == 6:
+        result.append(bytes([int(piece[3:-1], 16)]))
+      else:
+        result.append(piece.replace('\u2581', ' ').encode('utf-8'))
+    return result
+
+
+def _is_byte_level(tokenizer: tokenizers.Tokenizer) -> bool:
+  """Whether tokens are GPT-2 style byte-level strings (Llama-3, GPT-2)."""
+  return isinstance(tokenizer.decoder, tokenizers.decoders.ByteLevel)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte -> printable character table of byte-level BPE."""
+  printable = (list(range(ord('!'), ord('~') + 1)) +
+               list(range(ord('\xa1'), ord('\xac') + 1)) +
+               list(range(ord('\xae'), ord('\xff') + 1)))
+  table, extra = {}, 0
+  for byte in range(256):
+    if byte in printable:
+      table[byte] = chr(byte)
+    else:
+      table[byte] = chr(256 + extra)
+      extra += 1
+  return table
+
+
+Tokenizer = SentencePieceTokenizer | HFTokenizer
+
+
+def special_tokens(tokenizer: Tokenizer) -> SpecialTokens:
+  """The special tokens of the tokenizer's family, found by their pieces."""
+  if not isinstance(tokenizer, HFTokenizer):
+    return GEMMA2_SPECIAL_TOKENS
+  ids = tokenizer.token_to_id
+  if ids('<|begin_of_text|>') is not None and ids('<|eot_id|>') is not None:
+    return SpecialTokens(
+        family='llama3', bos_id=ids('<|begin_of_text|>'),
+        eos_id=ids('<|end_of_text|>'), end_of_turn_id=ids('<|eot_id|>'),
+        chat_template=LLAMA3_CHAT_TEMPLATE)
+  if ids('<|endoftext|>') is not None:
+    return SpecialTokens(family='gpt2', bos_id=None,
+                         eos_id=ids('<|endoftext|>'), end_of_turn_id=None,
+                         chat_template=None)
+  if ids('<bos>') is not None and ids('<start_of_turn>') is not None:
+    return SpecialTokens(
+        family='gemma2', bos_id=ids('<bos>'), eos_id=ids('<eos>'),
+        end_of_turn_id=ids('<end_of_turn>'), chat_template=CHAT_TEMPLATE)
+  raise ValueError(
+      f'Tokenizer {tokenizer.path!r} has none of the special tokens we know '
+      "(Llama-3's <|begin_of_text|> and <|eot_id|>, GPT-2's <|endoftext|>, "
+      "Gemma2's <bos> and <start_of_turn>).")
+
+
+def format_prompt(prompt: str, *, chat_template: bool,
+                  special: SpecialTokens = GEMMA2_SPECIAL_TOKENS) -> str:
   """The text the model sees: the prompt, in the chat template if asked."""
-  return CHAT_TEMPLATE.format(prompt=prompt) if chat_template else prompt
+  if not chat_template:
+    return prompt
+  if special.chat_template is None:
+    raise ValueError(
+        f'config.tokenizer.chat_template is on but the {special.family} '
+        'tokenizer has no chat template; turn it off.')
+  return special.chat_template.format(prompt=prompt)
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, *,
                   chat_template: bool) -> list[int]:
-  """Token ids of a prompt, starting with BOS as Gemma2 was trained."""
-  text = format_prompt(prompt, chat_template=chat_template)
+  """Token ids of a prompt, starting with the family's BOS (if it has one)."""
+  special = special_tokens(tokenizer)
+  text = format_prompt(prompt, chat_template=chat_template, special=special)
   # gm's encode inserts BOS as an IntEnum, which sentencepiece can't decode.
   return [int(token_id) for token_id in tokenizer.encode(text, add_bos=True)]
 
 
+def terminator_id(tokenizer: Tokenizer, *, chat_template: bool) -> int:
+  """The token that ends a training completion: end of turn in the chat
+  format, else EOS."""
+  special = special_tokens(tokenizer)
+  if chat_template and special.end_of_turn_id is not None:
+    return special.end_of_turn_id
+  return special.eos_id
+
+
+def eos_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+  """Tokens that end a sampled trace (EOS and end of turn)."""
+  special = special_tokens(tokenizer)
+  return tuple(i for i in (special.eos_id, special.end_of_turn_id)
+               if i is not None)
+
+
+def load_hf_tokenizer(path: str | os.PathLike[str]) -> HFTokenizer:
+  """Loads a Hugging Face `tokenizer.json` and checks its family's tokens."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'Tokenizer file {str(path)!r} does not exist.')
+  try:
+    tokenizer = HFTokenizer(tokenizers.Tokenizer.from_file(str(path)),
+                            path=str(path))
+  except Exception as e:  # tokenizers raises its own Exception type.
+    raise ValueError(f'Tokenizer file {str(path)!r} is not a Hugging Face '
+                     f'tokenizer.json: {e}') from e
+  special_tokens(tokenizer)  # Raises if the family is unknown.
+  return tokenizer
+
+
+def find_tokenizer_file(directory: str | os.PathLike[str]) -> pathlib.Path:
+  """The tokenizer a checkpoint directory holds (`TOKENIZER_FILES`)."""
+  directory = pathlib.Path(directory)
+  for name in TOKENIZER_FILES:
+    if (directory / name).is_file():
+      return directory / name
+  raise FileNotFoundError(
+      f'Checkpoint directory {str(directory)!r} holds no tokenizer (none of '
+      f'{TOKENIZER_FILES}); set config.tokenizer.path.')
+
+
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
-  """Loads a sentencepiece model and checks it has Gemma2's special ids.
+  """Loads a tokenizer: a `tokenizer.json`, a sentencepiece model (checked
+  to have Gemma2's special ids), or the one a directory holds.
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    ValueError: the file is not a sentencepiece model, or a special id holds
-      another piece (the message names both).
+    ValueError: the file is not a tokenizer, or a sentencepiece special id
+      holds another piece (the message names both).
   """
   path = pathlib.Path(path)
+  if path.is_dir():
+    path = find_tokenizer_file(path)
+  if path.suffix == '.json':
+    return load_hf_tokenizer(path)
   if not path.is_file():
     raise FileNotFoundError(f'Tokenizer file {str(path)!r} does not exist.')
   processor = spm.SentencePieceProcessor()
@@ -85,17 +286,20 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
       raise ValueError(
           f'Tokenizer {str(path)!r} has {processor.IdToPiece(token_id)!r} at '
           f'id {token_id}; Gemma2 needs {piece!r} there.')
-  return Tokenizer(path=str(path))
+  return SentencePieceTokenizer(path=str(path))
 
 
-def tokenizer_from_config(tokenizer_config: ml_collections.ConfigDict
-                          ) -> Tokenizer:
-  """Loads `config.tokenizer.path`."""
-  if not tokenizer_config.path:
-    raise ValueError(
-        'config.tokenizer.path is not set: point it at a sentencepiece '
-        '`.model` file (Gemma2\'s `tokenizer.model`).')
-  return load_tokenizer(tokenizer_config.path)
+def tokenizer_from_config(tokenizer_config: ml_collections.ConfigDict,
+                          checkpoint_path: str | None = None) -> Tokenizer:
+  """Loads `config.tokenizer.path`, else the checkpoint directory's."""
+  if tokenizer_config.path:
+    return load_tokenizer(tokenizer_config.path)
+  if checkpoint_path and pathlib.Path(checkpoint_path).is_dir():
+    return load_tokenizer(find_tokenizer_file(checkpoint_path))
+  raise ValueError(
+      'config.tokenizer.path is not set and there is no checkpoint directory '
+      'to read one from: point it at a `tokenizer.json` or a sentencepiece '
+      '`.model` file (Gemma2\'s `tokenizer.model`).')
 
 
 def train_sentencepiece(texts: Iterable[str],

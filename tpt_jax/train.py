@@ -246,8 +246,12 @@ def training_model(model: models.Model,
   """The model as trained: remat'd blocks and/or LoRA adapters, if asked."""
   module = model.module
   if train_config.remat_policy != REMAT_NONE:
-    module = RematTransformer(config=model.config, dtype=model.param_dtype,
-                              remat_policy=train_config.remat_policy)
+    if isinstance(module, gm.nn.Transformer):
+      module = RematTransformer(config=model.config, dtype=model.param_dtype,
+                                remat_policy=train_config.remat_policy)
+    else:  # Llama / GPT-2 (`tpt_jax.layers.run_blocks`) remat natively.
+      module = module.clone(remat=True, remat_policy=resolve_remat_policy(
+          train_config.remat_policy))
   if train_config.lora_rank:
     module = gm.nn.LoRA(rank=train_config.lora_rank, model=module,
                         dtype=_master_dtype(model, train_config))
