@@ -233,14 +233,19 @@ def think(ctx: RunContext, params: models.Params,
                    workdir_lib.is_writer())
   bar = tqdm.tqdm(total=sum(len(slices[i]) for i in own), desc=description,
                   unit='problem', file=sys.stderr, disable=not show_progress)
+  # Every process sees the same shards here (the stage before ended at a
+  # barrier), and handing params to the engine is a collective with several
+  # processes: all build it, or none.
   engine = None
+  if not all(workdir_lib.shard_path(directory, index).exists()
+             for index in range(len(slices))):
+    engine = ctx.engine_for(params)
   generated_tokens = 0
   start_time = time.perf_counter()
   for index in own:
     shard_problems = slices[index]
     path = workdir_lib.shard_path(directory, index)
     if not path.exists():
-      engine = engine or ctx.engine_for(params)
       results = engine.sample_all(
           [ctx.prompt(p) for p in shard_problems], settings,
           problem_ids=[p.problem_id for p in shard_problems],
