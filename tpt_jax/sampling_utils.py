@@ -304,3 +304,36 @@ def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]
   if cut < 0:
     return text, False
   return text[:cut], True
+
+
+def row_token_limits(max_new_tokens: Sequence[int | None] | None,
+                     num_prompts: int, default: int) -> np.ndarray:
+  """[num_prompts] most tokens each prompt's traces may have.
+
+  Args:
+    max_new_tokens: None (all `default`) or one entry per prompt, an int in
+      [1, default] or None (`default`).
+    num_prompts: how many prompts there are.
+    default: `settings.max_new_tokens` (also the cap: buffers are sized by
+      it).
+
+  Raises:
+    ValueError: wrong length, or a limit outside [1, default].
+  """
+  if max_new_tokens is None:
+    return np.full((num_prompts,), default, np.int32)
+  limits = list(max_new_tokens)
+  if len(limits) != num_prompts:
+    raise ValueError(f'max_new_tokens has {len(limits)} entries for '
+                     f'{num_prompts} prompts.')
+  out = np.empty((num_prompts,), np.int32)
+  for index, limit in enumerate(limits):
+    if limit is None:
+      limit = default
+    if isinstance(limit, (bool, np.bool_)) or not isinstance(
+        limit, (int, np.integer)) or not 1 <= limit <= default:
+      raise ValueError(
+          f'max_new_tokens[{index}]={limit!r} must be an int in [1, '
+          f'{default}] (settings.max_new_tokens caps every row).')
+    out[index] = limit
+  return out
