@@ -31,6 +31,9 @@ import flax
 import jax
 import jax.numpy as jnp
 
+# Logit of masked keys in the windowed path (gemma's K_MASK).
+_MASK_VALUE = -2.3819763e38
+
 
 @flax.struct.dataclass
 class PagedKV:
@@ -126,10 +129,20 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
     slots that own no valid key, which the caller ignores).
   """
   num_pages, page_size = k_pages.shape[:2]
+  num_slots = queries.shape[0]
+  if sliding_window is not None and (
+      window_pages(sliding_window, page_size) * num_slots < num_pages):
+    return _windowed_attention(queries, k_pages, v_pages, layout,
+                               sliding_window=sliding_window,
+                               logits_soft_cap=logits_soft_cap)
   owner = jnp.maximum(layout.page_owner, 0)
   page_queries = jnp.take(queries, owner, axis=0)  # [N, K, G, D]
-  logits = jnp.einsum('nkgd,npkd->nkgp', page_queries, k_pages,
-                      preferred_element_type=jnp.float32)
+  # Multiply-and-reduce rather than a batched matmul: XLA:CPU runs
+  # thousands of tiny [group, head_dim] x [head_dim, page] dots slowly, while
+  # this fuses into one pass over the pages.
+  logits = jnp.sum(page_queries[:, None].astype(jnp.float32)
+                   * k_pages[:, :, :, None].astype(jnp.float32), axis=-1)
+  logits = jnp.moveaxis(logits, 1, -1)  # [N, K, G, P]
   if logits_soft_cap is not None:
     logits = jnp.tanh(logits / logits_soft_cap) * logits_soft_cap
   key_positions = layout.page_start[:, None] + jnp.arange(page_size)[None, :]
@@ -143,8 +156,8 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
   safe_max = jnp.where(jnp.isfinite(page_max), page_max, 0.0)
   weights = jnp.exp(logits - safe_max[..., None])
   page_sum = jnp.sum(weights, axis=-1)
-  page_out = jnp.einsum('nkgp,npkd->nkgd', weights.astype(v_pages.dtype),
-                        v_pages, preferred_element_type=jnp.float32)
+  page_out = jnp.sum(jnp.moveaxis(weights, -1, 1)[..., None]
+                     * v_pages[:, :, :, None].astype(jnp.float32), axis=1)
   # Combine the pages of each slot in its sequence order.
   table = layout.page_table
   slot_page_max = jnp.take(page_max, table, axis=0, mode='fill',
@@ -157,6 +170,55 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
   out = jnp.sum(jnp.take(page_out, table, axis=0, mode='fill',
                          fill_value=0.0) * scale[..., None], axis=1)
   out = out / jnp.where(total > 0, total, 1.0)[..., None]
+  return out.astype(queries.dtype)
+
+
+def window_pages(sliding_window: int, page_size: int) -> int:
+  """Pages that can hold a query's key window (the query's page included)."""
+  return -(-(sliding_window - 1) // page_size) + 1
+
+
+def _windowed_attention(queries: jax.Array, k_pages: jax.Array,
+                        v_pages: jax.Array, layout: PageLayout, *,
+                        sliding_window: int,
+                        logits_soft_cap: float | None) -> jax.Array:
+  """Sliding-window attention over only the pages the window touches.
+
+  Used where those pages (for all slots) are fewer than the pool: a local
+  layer's cost then follows the window, not the tokens held. Pages are
+  gathered in the slot's sequence order, so the result does not depend on
+  which physical pages a slot got.
+  """
+  num_pages, page_size = k_pages.shape[:2]
+  num_slots, num_kv_heads, group, head_dim = queries.shape
+  count = window_pages(sliding_window, page_size)
+  positions = layout.positions
+  index = positions[:, None] // page_size - jnp.arange(count)[::-1][None, :]
+  pages = jnp.take_along_axis(layout.page_table, jnp.maximum(index, 0),
+                              axis=1)
+  pages = jnp.where(index >= 0, pages, num_pages)
+  keys = jnp.take(k_pages, pages, axis=0, mode='fill', fill_value=0)
+  values = jnp.take(v_pages, pages, axis=0, mode='fill', fill_value=0)
+  length = count * page_size
+  keys = keys.reshape(num_slots, length, num_kv_heads, head_dim)
+  values = values.reshape(num_slots, length, num_kv_heads, head_dim)
+  logits = jnp.einsum('skgd,slkd->skgl', queries, keys,
+                      preferred_element_type=jnp.float32)
+  if logits_soft_cap is not None:
+    logits = jnp.tanh(logits / logits_soft_cap) * logits_soft_cap
+  key_positions = (index[:, :, None] * page_size
+                   + jnp.arange(page_size)[None, None, :]).reshape(
+                       num_slots, length)
+  query_positions = positions[:, None]
+  valid = (jnp.repeat(index >= 0, page_size, axis=1)
+           & (key_positions <= query_positions)
+           & (key_positions > query_positions - sliding_window))
+  # A finite mask value (as gemma's K_MASK): a slot with no valid key gets
+  # uniform weights instead of NaNs.
+  logits = jnp.where(valid[:, None, None, :], logits, _MASK_VALUE)
+  probs = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum('skgl,slkd->skgd', probs.astype(values.dtype), values,
+                   preferred_element_type=jnp.float32)
   return out.astype(queries.dtype)
 
 

@@ -666,8 +666,9 @@ class Sampler:
         folded into its sampling key; default: the prompt's index. Give the
         problem's global id so that a trace does not depend on which subset
         of problems is sampled together.
-      max_new_tokens: optional limit of each prompt's traces (None entries:
-        `settings.max_new_tokens`); at most `settings.max_new_tokens`.
+      max_new_tokens: optional limit of each prompt's traces (an int, None:
+        `settings.max_new_tokens`, or one per sample); at most
+        `settings.max_new_tokens`.
       chat_template: wrap text prompts in Gemma2's chat template.
       show_progress: show a tqdm bar (problems done, tokens/s, time left).
 
@@ -723,7 +724,8 @@ class Sampler:
       raise ValueError('settings.stop_strings needs the Sampler to have a '
                        'tokenizer.')
     row_limits = sampling_utils.row_token_limits(
-        max_new_tokens, len(prompt_tokens), settings.max_new_tokens)
+        max_new_tokens, len(prompt_tokens), settings.num_samples_per_problem,
+        settings.max_new_tokens)
     return (prompt_tokens, problem_ids, np.asarray(key_indices, np.uint32),
             row_limits)
 
@@ -840,8 +842,8 @@ class Sampler:
         row_sample=self._put_rows(plan.row_sample.astype(np.uint32)),
         row_active=self._put_rows(active),
         row_limit=self._put_rows(np.where(
-            active, row_limits[np.maximum(plan.row_problem, 0)],
-            1).astype(np.int32)),
+            active, row_limits[np.maximum(plan.row_problem, 0),
+                               plan.row_sample], 1).astype(np.int32)),
     )
     spec = _ProgramSpec(
         prompt_bucket=bucket,

@@ -598,8 +598,9 @@ class _Scheduler:
   def _pages_needed(self, row: _Row, steps_done: int) -> int:
     """Pages covering the positions the next call may write."""
     prompt_length = self._prompt_length(row)
+    limit = int(self._row_limits[row.problem, row.sample])
     last = min(prompt_length - 1 + steps_done + self._spec.steps_per_call - 1,
-               prompt_length + int(self._row_limits[row.problem]) - 2)
+               prompt_length + limit - 2)
     return last // self._spec.page_size + 1
 
   def _shard(self, slot: int) -> int:
@@ -692,7 +693,7 @@ class _Scheduler:
       admission['release'][slot] = False
       admission['tokens'][slot] = prompt[-1]
       admission['positions'][slot] = len(prompt) - 1
-      admission['limits'][slot] = self._row_limits[row.problem]
+      admission['limits'][slot] = self._row_limits[row.problem, row.sample]
       admission['problem_keys'][slot] = self._problem_keys[row.problem]
       admission['samples'][slot] = row.sample
     # Prompt pages no pending sample needs any more (their copies run
