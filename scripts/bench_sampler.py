@@ -209,9 +209,10 @@ def _real_lengths(args) -> None:
       prompt_length_buckets=buckets,
       eos_token_ids=(),
       seed=0,
-      cache_tokens_per_slot=args.cache_tokens_per_slot,
-      steps_per_call=args.steps_per_call,
   )
+  for name in ('cache_tokens_per_slot', 'steps_per_call'):
+    if getattr(args, name):
+      settings = dataclasses.replace(settings, **{name: getattr(args, name)})
   print(f'model: {args.variant} ({args.dtype}), vocab {tokenizer.vocab_size}; '
         f'backend {jax.default_backend()} x{jax.device_count()}')
   print(f'workload real_lengths: {len(prompts)} problems x {num_samples} '
@@ -221,14 +222,16 @@ def _real_lengths(args) -> None:
         f'token), {args.batch_size} rows per batch / slots, temperature '
         f'{args.temperature}')
   limits = [row.tolist() for row in targets]
-  warm = min(len(prompts), max(args.batch_size, 64))
+  ones = [[1] * num_samples for _ in prompts]
 
   engines = {}
   static = sampling.Sampler(model, params, tokenizer=tokenizer)
   continuous = sampling_continuous.ContinuousSampler(model, params,
                                                      tokenizer=tokenizer)
   for name, sampler in (('continuous', continuous), ('static', static)):
-    sampler.sample_all(prompts[:warm], settings, max_new_tokens=limits[:warm],
+    # Warm-up: every row to 1 token compiles the programs of every prompt
+    # bucket (per-row limits are inputs, not shapes).
+    sampler.sample_all(prompts, settings, max_new_tokens=ones,
                        show_progress=False)
     start = time.perf_counter()
     results = sampler.sample_all(prompts, settings, max_new_tokens=limits,
@@ -259,10 +262,10 @@ def _real_lengths(args) -> None:
       max_out_length=settings.max_new_tokens, pad_length=buckets,
       forbidden_tokens=[tokenizer_lib.EOS_ID, tokenizer_lib.END_OF_TURN_ID])
 
-  def run_gemma(batches):
+  def run_gemma(batches, warm_up=False):
     computed = 0
     for batch in batches:
-      longest = max(int(targets[p, s]) for p, s in batch)
+      longest = 1 if warm_up else max(int(targets[p, s]) for p, s in batch)
       peer.sample([prompts[p] for p, _ in batch], max_new_tokens=longest,
                   sampling=gm.text.RandomSampling(
                       temperature=args.temperature), rng=0)
@@ -272,7 +275,7 @@ def _real_lengths(args) -> None:
   batches = [rows[i:i + args.batch_size]
              for i in range(0, len(rows), args.batch_size)]
   batches = [b + [b[-1]] * (args.batch_size - len(b)) for b in batches]
-  run_gemma(batches[:max(1, warm * num_samples // args.batch_size)])
+  run_gemma(batches, warm_up=True)
   start = time.perf_counter()
   computed = run_gemma(batches)
   seconds = time.perf_counter() - start
@@ -393,8 +396,10 @@ def main() -> None:
       help='real_lengths: JSON of completion lengths in characters')
   parser.add_argument('--chars_per_token', type=float, default=3.8)
   parser.add_argument('--length_seed', type=int, default=0)
-  parser.add_argument('--cache_tokens_per_slot', type=int, default=512)
-  parser.add_argument('--steps_per_call', type=int, default=32)
+  parser.add_argument('--cache_tokens_per_slot', type=int, default=0,
+                      help='continuous engine; 0: the settings default')
+  parser.add_argument('--steps_per_call', type=int, default=0,
+                      help='continuous engine; 0: the settings default')
   args = parser.parse_args()
   if args.workload == 'real_lengths':
     _real_lengths(args)

@@ -132,7 +132,7 @@ def default_config() -> ml_collections.ConfigDict:
   # steps per device call; a call returns early once this fraction of the
   # slots has finished (and rows wait), to refill them.
   config.page_size = 16
-  config.cache_tokens_per_slot = 512
+  config.cache_tokens_per_slot = 320
   config.steps_per_call = 32
   config.refill_fraction = 1 / 16
   # Added to the run's seed (the loop adds the round too, so rounds differ).
@@ -183,7 +183,7 @@ class SamplingSettings:
   max_cache_segments: int = 8
   seed: int = 0
   page_size: int = 16
-  cache_tokens_per_slot: int = 512
+  cache_tokens_per_slot: int = 320
   steps_per_call: int = 32
   refill_fraction: float = 1 / 16
 

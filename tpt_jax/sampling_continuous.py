@@ -57,6 +57,9 @@ from tpt_jax import tokenizer as tokenizer_lib
 
 # Finish codes beyond the static engine's: an empty slot.
 _IDLE = 5
+# Prompts per prefill program (more are prefilled in several runs): one
+# compiled shape per prompt bucket, few padding rows when few slots refill.
+_PREFILL_ROWS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,29 +523,31 @@ class ContinuousSampler(sampling.Sampler):
                     prompt_tokens: list[np.ndarray],
                     settings: sampling.SamplingSettings, spec: _DecodeSpec
                     ) -> paged_kv.PagedKV:
-    """Prefills the call's new problems (all but their last prompt token),
-    one program per (rows, bucket) shape."""
-    todo = [(problem, pages) for problem, pages in plan.prefill_rows
-            if len(prompt_tokens[problem]) > 1]
-    if not todo:
-      return kv
-    length = sampling_utils.bucket_for_length(
-        max(len(prompt_tokens[p]) - 1 for p, _ in todo),
-        settings.prompt_length_buckets)
-    num_rows = -(-(1 << (len(todo) - 1).bit_length()) // self._row_multiple
-                 ) * self._row_multiple
-    max_pages = -(-length // spec.page_size)
-    tokens = np.zeros((num_rows, length), np.int32)
-    lengths = np.zeros((num_rows,), np.int32)
-    page_ids = np.full((num_rows, max_pages), spec.num_pages, np.int32)
-    for index, (problem, pages) in enumerate(todo):
-      prompt = prompt_tokens[problem][:-1]
-      tokens[index, :len(prompt)] = prompt
-      lengths[index] = len(prompt)
-      page_ids[index, :len(pages)] = pages[:max_pages]
-    return self._prefill_program((num_rows, length))(
-        self._params, kv, self._put_rows(tokens), self._put_rows(lengths),
-        self._put_rows(page_ids))
+    """Prefills the call's new problems (all but their last prompt token)
+    in chunks of `_PREFILL_ROWS` prompts of one length bucket: one program
+    per bucket."""
+    by_bucket = collections.defaultdict(list)
+    for problem, pages in plan.prefill_rows:
+      if len(prompt_tokens[problem]) > 1:
+        bucket = sampling_utils.bucket_for_length(
+            len(prompt_tokens[problem]) - 1, settings.prompt_length_buckets)
+        by_bucket[bucket].append((problem, pages))
+    num_rows = -(-_PREFILL_ROWS // self._row_multiple) * self._row_multiple
+    for length, todo in sorted(by_bucket.items()):
+      max_pages = -(-length // spec.page_size)
+      program = self._prefill_program((num_rows, length))
+      for begin in range(0, len(todo), num_rows):
+        tokens = np.zeros((num_rows, length), np.int32)
+        lengths = np.zeros((num_rows,), np.int32)
+        page_ids = np.full((num_rows, max_pages), spec.num_pages, np.int32)
+        for index, (problem, pages) in enumerate(todo[begin:begin + num_rows]):
+          prompt = prompt_tokens[problem][:-1]
+          tokens[index, :len(prompt)] = prompt
+          lengths[index] = len(prompt)
+          page_ids[index, :len(pages)] = pages
+        kv = program(self._params, kv, self._put_rows(tokens),
+                     self._put_rows(lengths), self._put_rows(page_ids))
+    return kv
 
 
 class _Scheduler:
