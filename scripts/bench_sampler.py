@@ -23,6 +23,21 @@ step / step time, against the GPU's peak).
   python scripts/bench_sampler.py
 
 The last line printed is `speedup_vs_gemma_sampler=<float>`.
+
+Real lengths (`--workload=real_lengths`): the continuous engine, the static
+engine and gm.text.Sampler on the same model and prompts, each (problem,
+sample) row with a target length drawn (seeded) from a file of completion
+lengths in characters (divided by `--chars_per_token`). No token ends a row
+(EOS does not stop ours and is forbidden to gm's), so rows end at their
+targets through the per-row limit; gm.text.Sampler runs each batch of
+`--batch_size` rows to its longest target. Each engine first runs the whole
+workload with 1-token rows (compiles every prompt bucket's programs), then
+once for real. Printed per engine: useful tokens/s (target tokens only),
+slot utilization (useful row-steps / computed row-steps), then
+`speedup_vs_static=<x>` and, last, `speedup_vs_gemma_sampler=<y>`.
+
+  python scripts/bench_sampler.py --workload=real_lengths --num_problems=512 \
+      --lengths=../shared/data/gsm8k/gemma2_2b_it_completion_chars.json
 """
 
 from __future__ import annotations
