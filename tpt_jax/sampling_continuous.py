@@ -628,9 +628,19 @@ class _Scheduler:
     self._pending_of_problem[row.problem] += 1
     self.stats['preemptions'] += 1
 
+  def _drop_hold(self, shard: int) -> bool:
+    """Gives up one problem's kept prompt pages on `shard`, if any."""
+    for problem, pages in self._held.items():
+      if pages and pages[0] // self._pool.pages_per_shard == shard:
+        self._pool.drop(pages)
+        del self._held[problem]
+        return True
+    return False
+
   def _grow(self, release: np.ndarray) -> None:
-    """Gives running slots the pages of the next call, oldest rows first;
-    preempts the youngest row of a device whose pages ran out."""
+    """Gives running slots the pages of the next call, oldest rows first.
+    A device out of pages first gives up kept prompt pages, then preempts
+    its youngest row (the oldest row always gets its pages: progress)."""
     running = [s for s in range(self._spec.num_slots)
                if self._slot_row[s] is not None]
     for slot in sorted(running, key=lambda s: self._slot_order[s]):
@@ -641,6 +651,8 @@ class _Scheduler:
       needed = self._pages_needed(row, int(self._slot_steps[slot]))
       while len(self._slot_pages[slot]) < needed:
         page = self._pool.take(shard)
+        if page is None and self._drop_hold(shard):
+          continue  # Waiting samples of that problem will prefill again.
         if page is None:
           victims = [s for s in range(shard * self._slots_per_shard,
                                       (shard + 1) * self._slots_per_shard)
