@@ -41,6 +41,11 @@ Batches. Problems are sorted by prompt-length bucket (short prompts get short
 caches) and cut into batches of `batch_size` rows, a problem's samples side
 by side; a run compiles one prefill + decode pair per bucket it uses (logged).
 Results stream out batch by batch while the next batch runs on the device.
+
+Engines. This is the *static* engine. `tpt_jax.sampling_continuous` has the
+same API and traces but refills a finished row's slot at once (no waiting
+for a batch's longest row); `make_sampler` builds the one that
+`config.sampling.engine` names.
 """
 
 from __future__ import annotations
@@ -986,14 +991,27 @@ def make_sampler(sampling_config: ml_collections.ConfigDict,
   """The engine `sampling_config.engine` names ('static' or 'continuous').
 
   Both have `Sampler`'s API (`sample`, `sample_all`, `with_params`) and give
-  the same traces for the same settings, up to float rounding.
+  the same traces for the same settings, up to float rounding; so a model
+  family without a paged decode path (`decode_models.decoder_for`) gets the
+  static engine, with a logged warning.
+
+  Raises:
+    ValueError: an unknown engine name.
   """
   engine = sampling_config.get('engine', 'static')
-  if engine == 'static':
-    return Sampler(model, params, tokenizer=tokenizer, mesh=mesh)
+  if engine not in ENGINES:
+    raise ValueError(f'config.sampling.engine={engine!r} must be one of '
+                     f'{ENGINES}.')
   if engine == 'continuous':
-    from tpt_jax import sampling_continuous  # pylint: disable=g-import-not-at-top
-    return sampling_continuous.ContinuousSampler(
-        model, params, tokenizer=tokenizer, mesh=mesh)
-  raise ValueError(f'config.sampling.engine={engine!r} must be one of '
-                   f'{ENGINES}.')
+    # pylint: disable=g-import-not-at-top
+    from tpt_jax import decode_models
+    from tpt_jax import sampling_continuous
+    # pylint: enable=g-import-not-at-top
+    try:
+      decode_models.decoder_for(model)
+    except ValueError as error:
+      logging.warning('sampling: %s Using the static engine.', error)
+    else:
+      return sampling_continuous.ContinuousSampler(
+          model, params, tokenizer=tokenizer, mesh=mesh)
+  return Sampler(model, params, tokenizer=tokenizer, mesh=mesh)
