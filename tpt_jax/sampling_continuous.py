@@ -628,9 +628,12 @@ class _Scheduler:
     self._pending_of_problem[row.problem] += 1
     self.stats['preemptions'] += 1
 
-  def _drop_hold(self, shard: int) -> bool:
-    """Gives up one problem's kept prompt pages on `shard`, if any."""
+  def _drop_hold(self, shard: int, keep: Sequence[int] = ()) -> bool:
+    """Gives up one problem's kept prompt pages on `shard`, if any (not
+    those of `keep`: this call copies them, so they must not be reused)."""
     for problem, pages in self._held.items():
+      if problem in keep:
+        continue
       if pages and pages[0] // self._pool.pages_per_shard == shard:
         self._pool.drop(pages)
         del self._held[problem]
@@ -676,7 +679,7 @@ class _Scheduler:
         samples=np.zeros(num_slots, np.uint32),
         release=np.zeros(num_slots, bool))
     self._grow(admission['release'])
-    prefill_rows, copies, held_now = [], [], []
+    prefill_rows, copies, held_now, copied = [], [], [], set()
     idle = [s for s in range(num_slots) if self._slot_row[s] is None]
     # Fill the devices with the most free pages first.
     idle.sort(key=lambda s: (-len(self._pool.free[self._shard(s)]), s))
@@ -686,6 +689,9 @@ class _Scheduler:
       row = self._pending[0]
       shard = self._shard(slot)
       needed = self._pages_needed(row, 0)
+      while len(self._pool.free[shard]) < needed and self._drop_hold(
+          shard, keep=copied):
+        pass
       if len(self._pool.free[shard]) < needed:
         continue
       self._pending.popleft()
@@ -695,6 +701,7 @@ class _Scheduler:
       prompt_pages = -(-(len(prompt) - 1) // spec.page_size)
       if row.problem in self._held:
         copies += zip(self._held[row.problem], pages[:prompt_pages])
+        copied.add(row.problem)
       else:
         prefill_rows.append((row.problem, pages[:prompt_pages]))
         self._held[row.problem] = pages[:prompt_pages]
@@ -716,7 +723,8 @@ class _Scheduler:
     # Prompt pages no pending sample needs any more (their copies run
     # before any later program can reuse them).
     for problem in held_now:
-      self._pool.drop(self._held.pop(problem))
+      if problem in self._held:
+        self._pool.drop(self._held.pop(problem))
     if all(row is None for row in self._slot_row) and self._pending:
       raise RuntimeError('no slot could take a row: the KV pool is too small '
                          '(raise settings.cache_tokens_per_slot).')
