@@ -300,7 +300,8 @@ def _real_lengths(args) -> None:
     print(f'{name:>14}: {rate:.0f} useful tokens/s, slot utilization '
           f'{utilization:.3f} ({useful} tokens in {seconds:.1f}s)')
   print(f'continuous: {continuous.last_run_stats}')
-  print(f"speedup_vs_static={engines['continuous'][0] / engines['static'][0]:.2f}")
+  speedup = engines['continuous'][0] / engines['static'][0]
+  print(f'speedup_vs_static={speedup:.2f}')
   print('speedup_vs_gemma_sampler='
         f"{engines['continuous'][0] / engines['gemma_sampler'][0]:.2f}")
 
