@@ -23,12 +23,28 @@ step / step time, against the GPU's peak).
   python scripts/bench_sampler.py
 
 The last line printed is `speedup_vs_gemma_sampler=<float>`.
+
+Real lengths (`--workload=real_lengths`): the continuous engine, the static
+engine and gm.text.Sampler on the same model and prompts, each (problem,
+sample) row with a target length drawn (seeded) from a file of completion
+lengths in characters (divided by `--chars_per_token`). No token ends a row
+(EOS does not stop ours and is forbidden to gm's), so rows end at their
+targets through the per-row limit; gm.text.Sampler runs each batch of
+`--batch_size` rows to its longest target. Each engine first runs the whole
+workload with 1-token rows (compiles every prompt bucket's programs), then
+once for real. Printed per engine: useful tokens/s (target tokens only),
+slot utilization (useful row-steps / computed row-steps), then
+`speedup_vs_static=<x>` and, last, `speedup_vs_gemma_sampler=<y>`.
+
+  python scripts/bench_sampler.py --workload=real_lengths --num_problems=512 \
+      --lengths=../shared/data/gsm8k/gemma2_2b_it_completion_chars.json
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -43,6 +59,7 @@ import numpy as np
 from tpt_jax import config as config_lib
 from tpt_jax import models
 from tpt_jax import sampling
+from tpt_jax import sampling_continuous
 from tpt_jax import sampling_utils
 from tpt_jax import tokenizer as tokenizer_lib
 from gemma import gm  # pylint: disable=g-bad-import-order
@@ -168,6 +185,137 @@ def _cpu_comparison(args) -> float:
   return rates['ours'] / rates['gemma']
 
 
+def _target_lengths(args, num_rows: int) -> np.ndarray:
+  """[num_rows] token targets drawn (seeded) from the length file."""
+  with open(args.lengths) as f:
+    data = json.load(f)
+  chars = np.asarray(data['chars'] if isinstance(data, dict) else data,
+                     np.float64)
+  tokens = np.maximum(1, np.round(chars / args.chars_per_token)).astype(int)
+  return np.random.default_rng(args.length_seed).choice(tokens, size=num_rows)
+
+
+def _real_lengths(args) -> None:
+  """Continuous vs static engine vs gm.text.Sampler on real trace lengths.
+
+  Every (problem, sample) row gets a drawn target; no token ends a row (EOS
+  does not stop ours and is forbidden to gm's), so each row stops at its
+  target through the per-row limit (gm: at its batch's longest target).
+  Useful tokens = the targets; utilization = useful row-steps / computed
+  row-steps.
+  """
+  workdir = tempfile.mkdtemp(prefix='bench_sampler_')
+  tokenizer = _train_tokenizer(args.vocab_size, workdir)
+  model, params = _model_and_params(args, tokenizer)
+  prompts = _make_prompts(np.random.default_rng(1), args.num_problems,
+                          args.min_words, args.max_words)
+  lengths = [len(tokenizer_lib.encode_prompt(tokenizer, p, chat_template=False))
+             for p in prompts]
+  num_samples = args.num_samples
+  targets = _target_lengths(args, len(prompts) * num_samples).reshape(
+      len(prompts), num_samples)
+  useful = int(targets.sum())
+  buckets = tuple(int(b) for b in args.buckets.split(','))
+  settings = sampling.SamplingSettings(
+      num_samples_per_problem=num_samples,
+      max_new_tokens=int(targets.max()),
+      temperature=args.temperature,
+      batch_size=args.batch_size,
+      prompt_length_buckets=buckets,
+      eos_token_ids=(),
+      seed=0,
+  )
+  for name in ('cache_tokens_per_slot', 'steps_per_call'):
+    if getattr(args, name):
+      settings = dataclasses.replace(settings, **{name: getattr(args, name)})
+  print(f'model: {args.variant} ({args.dtype}), vocab {tokenizer.vocab_size}; '
+        f'backend {jax.default_backend()} x{jax.device_count()}')
+  print(f'workload real_lengths: {len(prompts)} problems x {num_samples} '
+        f'samples, prompt tokens {min(lengths)}..{max(lengths)}, target tokens '
+        f'{targets.min()}..{targets.max()} (mean {targets.mean():.1f}, from '
+        f'{os.path.basename(args.lengths)} at {args.chars_per_token} chars per '
+        f'token), {args.batch_size} rows per batch / slots, temperature '
+        f'{args.temperature}')
+  limits = [row.tolist() for row in targets]
+  ones = [[1] * num_samples for _ in prompts]
+
+  engines = {}
+  static = sampling.Sampler(model, params, tokenizer=tokenizer)
+  continuous = sampling_continuous.ContinuousSampler(model, params,
+                                                     tokenizer=tokenizer)
+  for name, sampler in (('continuous', continuous), ('static', static)):
+    # Warm-up: every row to 1 token compiles the programs of every prompt
+    # bucket (per-row limits are inputs, not shapes).
+    sampler.sample_all(prompts, settings, max_new_tokens=ones,
+                       show_progress=False)
+    start = time.perf_counter()
+    results = sampler.sample_all(prompts, settings, max_new_tokens=limits,
+                                 show_progress=False)
+    seconds = time.perf_counter() - start
+    made = sum(r.num_generated_tokens for r in results)
+    assert made == useful, (name, made, useful)
+    if name == 'continuous':
+      utilization = sampler.last_run_stats['utilization']
+    else:
+      plans = sampling_utils.plan_batches(
+          lengths, num_samples=num_samples, batch_size=args.batch_size,
+          buckets=buckets)
+      computed = sum(
+          len(plan.row_problem) * max(
+              targets[p, s] for p, s in zip(plan.row_problem, plan.row_sample)
+              if p != sampling_utils.PADDING_ROW) for plan in plans)
+      utilization = useful / computed
+    engines[name] = (useful / seconds, utilization, seconds)
+
+  # gm.text.Sampler: batches of rows in order, each run to its longest target.
+  rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
+  cache_length = sampling_utils.bucket_for_length(max(lengths), buckets) + (
+      settings.max_new_tokens)
+  peer = gm.text.Sampler(
+      model=model.module, params=models.cast(params, model.compute_dtype),
+      tokenizer=tokenizer, cache_length=cache_length,
+      max_out_length=settings.max_new_tokens, pad_length=buckets,
+      forbidden_tokens=[tokenizer_lib.EOS_ID, tokenizer_lib.END_OF_TURN_ID])
+
+  def run_gemma(batches, warm_up=False):
+    computed = 0
+    for batch in batches:
+      longest = 1 if warm_up else max(int(targets[p, s]) for p, s in batch)
+      peer.sample([prompts[p] for p, _ in batch], max_new_tokens=longest,
+                  sampling=gm.text.RandomSampling(
+                      temperature=args.temperature), rng=0)
+      computed += args.batch_size * longest
+    return computed
+
+  batches = [rows[i:i + args.batch_size]
+             for i in range(0, len(rows), args.batch_size)]
+  batches = [b + [b[-1]] * (args.batch_size - len(b)) for b in batches]
+  run_gemma(batches, warm_up=True)
+  start = time.perf_counter()
+  computed = run_gemma(batches)
+  seconds = time.perf_counter() - start
+  engines['gemma_sampler'] = (useful / seconds, useful / computed, seconds)
+
+  for name, (rate, utilization, seconds) in engines.items():
+    print(f'{name:>14}: {rate:.0f} useful tokens/s, slot utilization '
+          f'{utilization:.3f} ({useful} tokens in {seconds:.1f}s)')
+  print(f'continuous: {continuous.last_run_stats}')
+  speedup = engines['continuous'][0] / engines['static'][0]
+  print(f'speedup_vs_static={speedup:.2f}')
+  print('speedup_vs_gemma_sampler='
+        f"{engines['continuous'][0] / engines['gemma_sampler'][0]:.2f}")
+
+
+def _model_and_params(args, tokenizer):
+  config = config_lib.base_config()
+  config.model.variant = args.variant
+  config.model.vocab_size = tokenizer.vocab_size
+  config.model.param_dtype = args.dtype
+  config.model.compute_dtype = args.dtype
+  model = models.build_model(config.model)
+  return model, model.init_params(jax.random.key(0))
+
+
 def _decode_roofline(args) -> None:
   """Decode tokens/s at Gemma2-2B shapes (random bf16 weights) and the
   fraction of the HBM-bandwidth roofline it reaches."""
@@ -255,7 +403,23 @@ def main() -> None:
   parser.add_argument('--roofline_variant', default='gemma2_2b')
   parser.add_argument('--roofline_prompt_length', type=int, default=128)
   parser.add_argument('--roofline_new_tokens', type=int, default=128)
+  parser.add_argument('--workload', default='random',
+                      choices=('random', 'real_lengths'))
+  parser.add_argument(
+      '--lengths', default=os.path.join(
+          os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '..',
+          'shared', 'data', 'gsm8k', 'gemma2_2b_it_completion_chars.json'),
+      help='real_lengths: JSON of completion lengths in characters')
+  parser.add_argument('--chars_per_token', type=float, default=3.8)
+  parser.add_argument('--length_seed', type=int, default=0)
+  parser.add_argument('--cache_tokens_per_slot', type=int, default=0,
+                      help='continuous engine; 0: the settings default')
+  parser.add_argument('--steps_per_call', type=int, default=0,
+                      help='continuous engine; 0: the settings default')
   args = parser.parse_args()
+  if args.workload == 'real_lengths':
+    _real_lengths(args)
+    return
   if args.roofline == 'on' or (args.roofline == 'auto'
                                and jax.default_backend() == 'gpu'):
     _decode_roofline(args)

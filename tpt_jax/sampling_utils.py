@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -304,3 +304,45 @@ def truncate_at_stop_strings(text: str, stop_strings: Sequence[str]
   if cut < 0:
     return text, False
   return text[:cut], True
+
+
+def row_token_limits(max_new_tokens: Sequence[Any] | None, num_prompts: int,
+                     num_samples: int, default: int) -> np.ndarray:
+  """[num_prompts, num_samples] most tokens each trace may have.
+
+  Args:
+    max_new_tokens: None (all `default`) or one entry per prompt: an int in
+      [1, default], None (`default`), or a sequence of `num_samples` such
+      ints (one per sample; e.g. a benchmark imposing drawn lengths).
+    num_prompts: how many prompts there are.
+    num_samples: samples per prompt.
+    default: `settings.max_new_tokens` (also the cap: buffers are sized by
+      it).
+
+  Raises:
+    ValueError: wrong length, or a limit outside [1, default].
+  """
+  out = np.full((num_prompts, num_samples), default, np.int32)
+  if max_new_tokens is None:
+    return out
+  entries = list(max_new_tokens)
+  if len(entries) != num_prompts:
+    raise ValueError(f'max_new_tokens has {len(entries)} entries for '
+                     f'{num_prompts} prompts.')
+  for index, entry in enumerate(entries):
+    per_sample = ([entry] * num_samples if entry is None or np.ndim(entry) == 0
+                  else list(entry))
+    if len(per_sample) != num_samples:
+      raise ValueError(f'max_new_tokens[{index}] has {len(per_sample)} '
+                       f'limits for {num_samples} samples.')
+    for sample, limit in enumerate(per_sample):
+      if limit is None:
+        limit = default
+      if isinstance(limit, (bool, np.bool_)) or not isinstance(
+          limit, (int, np.integer)) or not 1 <= limit <= default:
+        raise ValueError(
+            f'max_new_tokens[{index}]={entry!r} must be an int in [1, '
+            f'{default}] or None, or one such per sample '
+            '(settings.max_new_tokens caps every row).')
+      out[index, sample] = limit
+  return out
