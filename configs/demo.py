@@ -77,4 +77,7 @@ def get_config():
   config.train.num_epochs = 2.0
   config.train.checkpoint_every = 1000
   config.train.log_every = 20
+  # The table in the docstring was measured with the static engine; the
+  # continuous one gives the same traces up to float rounding.
+  config.sampling.engine = 'static'
   return config

@@ -76,4 +76,7 @@ def get_config():
   config.train.warmup_steps = 10
   config.train.log_every = 20
   config.train.checkpoint_every = 200
+  # The table in the docstring was measured with the static engine; the
+  # continuous one gives the same traces up to float rounding.
+  config.sampling.engine = 'static'
   return config

@@ -248,6 +248,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f'config.{field}: {name!r} is not a grader of task '
             f'{config.task.name}; its graders: {", ".join(grader_names)}.')
+  config_fields.check_choice(config.sampling.engine, 'sampling.engine',
+                             sampling.ENGINES)
   try:
     sampling.SamplingSettings.from_config(config.sampling, seed=0)
   except ValueError as e:

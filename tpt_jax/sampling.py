@@ -1007,6 +1007,12 @@ class Sampler:
                  generated / max(elapsed, 1e-9), self.num_compiled_programs)
 
 
+# Settings that change how the continuous engine schedules work, never a
+# trace (a resumed run may change them; records do not keep them).
+CONTINUOUS_ONLY_FIELDS = ('page_size', 'cache_tokens_per_slot',
+                          'steps_per_call', 'refill_fraction')
+
+
 def make_sampler(sampling_config: ml_collections.ConfigDict,
                  model: models.Model, params: models.Params, *,
                  tokenizer: tokenizer_lib.Tokenizer | None = None,

@@ -103,8 +103,8 @@ class RunContext:
       params = jax.tree.map(
           lambda x: multihost_utils.process_allgather(x, tiled=True), params)
     if self.engine is None:
-      self.engine = sampling.Sampler(
-          self.model, params, tokenizer=self.tokenizer,
+      self.engine = sampling.make_sampler(
+          self.config.sampling, self.model, params, tokenizer=self.tokenizer,
           mesh=self.sampling_mesh or self.mesh)
     else:
       self.engine = self.engine.with_params(params)
@@ -199,10 +199,13 @@ def sampling_settings(sampling_config: ml_collections.ConfigDict, seed: int
 
 def problems_per_shard(config: ml_collections.ConfigDict,
                        num_samples: int) -> int:
-  """Problems per think/eval shard (the unit of resume)."""
+  """Problems per think/eval shard (the unit of resume): 4 batches of rows
+  for the static engine; 16 slot-pools for the continuous one, whose slots
+  stay full only while rows wait."""
   if config.loop.problems_per_shard:
     return config.loop.problems_per_shard
-  return max(1, 4 * config.sampling.batch_size // num_samples)
+  pools = 16 if config.sampling.engine == 'continuous' else 4
+  return max(1, pools * config.sampling.batch_size // num_samples)
 
 
 def think(ctx: RunContext, params: models.Params,
@@ -335,7 +338,9 @@ def traces_of(ctx: RunContext, samples: Sequence[Sample], *,
   """The training traces of `samples` of the train problems, with the
   prompts `ctx` gives them."""
   problems = {p.problem_id: p for p in ctx.train_problems}
-  settings_text = json.dumps(dataclasses.asdict(settings), sort_keys=True)
+  settings_text = json.dumps(
+      {k: v for k, v in dataclasses.asdict(settings).items()
+       if k not in sampling.CONTINUOUS_ONLY_FIELDS}, sort_keys=True)
   return [Trace.from_sample(sample, problems[sample.problem_id],
                             prompt=ctx.prompt(problems[sample.problem_id]),
                             round_index=round_index,

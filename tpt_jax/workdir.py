@@ -56,7 +56,9 @@ LAYOUT_KEY = '_tpt_jax_layout'
 # shows progress or where it runs, not what it computes.
 RESUMABLE_CHANGES = ('workdir', 'loop.num_rounds', 'sampling.show_progress',
                      'train.progress_bar', 'train.log_every', 'mesh.shape',
-                     'mesh.distributed', 'mesh.heartbeat_timeout_s')
+                     'mesh.distributed', 'mesh.heartbeat_timeout_s',
+                     'sampling.page_size', 'sampling.cache_tokens_per_slot',
+                     'sampling.steps_per_call', 'sampling.refill_fraction')
 # Fault injection for the resume tests: a comma-separated list of points
 # (e.g. 'think:<round>:<shard>', 'records:<round>', 'train:<round>:<step>',
 # 'eval:<round>:<shard>') at which the process kills itself with SIGKILL.
