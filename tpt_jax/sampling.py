@@ -46,6 +46,12 @@ Engines. This is the *static* engine. `tpt_jax.sampling_continuous` has the
 same API and traces but refills a finished row's slot at once (no waiting
 for a batch's longest row); `make_sampler` builds the one that
 `config.sampling.engine` names.
+
+Length: the static engine is one unit: its settings, its two jitted
+programs and the host driver that plans, dispatches and streams batches
+share private state (compiled-program and stop-table caches); the engine
+seam (`Engine`, `make_sampler`) sits at its end. Planning lives apart in
+`sampling_utils`, the other engine in `sampling_continuous`.
 """
 
 from __future__ import annotations

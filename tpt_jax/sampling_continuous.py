@@ -29,6 +29,10 @@ keys, and its attention combines its pages in its own page order, so a trace
 depends on (seed, i, j), the model and the settings, not on its slot, the
 other rows, the slot count or the order, and equals the static engine's trace
 (all up to float rounding between differently-shaped programs).
+
+Length: the slot scheduler (refills, page hand-out, preemption) and the
+device programs it drives change together; the paged cache and the decode
+path are their own modules (`paged_kv`, `decode_models`).
 """
 
 from __future__ import annotations

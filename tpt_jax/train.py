@@ -44,6 +44,10 @@ optimizer state, RNG) and the data-stream position. On start the latest save
 is restored, so a killed run continues with exactly the same batches and
 losses. Metrics go to TensorBoard event files in `{workdir}/train` and to a
 tqdm progress bar.
+
+Length: the SFT loop, its jitted step, remat, LoRA (adapters, merge) and
+checkpointing; LoRA and the checkpoint helpers are the next candidates to
+move out (not done yet: several other changes edit this module).
 """
 
 from __future__ import annotations
