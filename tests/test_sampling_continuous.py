@@ -18,6 +18,7 @@ import pytest
 
 from tpt_jax import decode_models
 from tpt_jax import paged_kv
+from tpt_jax import engines
 from tpt_jax import sampling
 from tpt_jax import sampling_continuous
 from tpt_jax import tokenizer as tokenizer_lib
@@ -248,14 +249,14 @@ def test_output_independent_of_device_count(env):
 def test_make_sampler_and_bad_inputs(env):
   config = sampling.default_config()
   config.engine = 'continuous'
-  assert isinstance(sampling.make_sampler(config, env.model, env.params),
+  assert isinstance(engines.make_sampler(config, env.model, env.params),
                     sampling_continuous.ContinuousSampler)
   config.engine = 'static'
-  sampler = sampling.make_sampler(config, env.model, env.params)
+  sampler = engines.make_sampler(config, env.model, env.params)
   assert type(sampler) is sampling.Sampler  # pylint: disable=unidiomatic-typecheck
   config.engine = 'vllm'
   with pytest.raises(ValueError, match='engine'):
-    sampling.make_sampler(config, env.model, env.params)
+    engines.make_sampler(config, env.model, env.params)
   prompts = [[tokenizer_lib.BOS_ID, 200], [tokenizer_lib.BOS_ID, 300]]
   settings = sampling.SamplingSettings(max_new_tokens=4,
                                        prompt_length_buckets=(8,))

@@ -44,13 +44,13 @@ Results stream out batch by batch while the next batch runs on the device.
 
 Engines. This is the *static* engine. `tpt_jax.sampling_continuous` has the
 same API and traces but refills a finished row's slot at once (no waiting
-for a batch's longest row); `make_sampler` builds the one that
+for a batch's longest row); `engines.make_sampler` builds the one that
 `config.sampling.engine` names.
 
 Length: the static engine is one unit: its settings, its two jitted
 programs and the host driver that plans, dispatches and streams batches
 share private state (compiled-program and stop-table caches); the engine
-seam (`Engine`, `make_sampler`) sits at its end. Planning lives apart in
+seam (`Engine`) sits at its end; `tpt_jax.engines` picks an engine. Planning lives apart in
 `sampling_utils`, the other engine in `sampling_continuous`.
 """
 
@@ -1017,36 +1017,3 @@ class Sampler:
 # trace (a resumed run may change them; records do not keep them).
 CONTINUOUS_ONLY_FIELDS = ('page_size', 'cache_tokens_per_slot',
                           'steps_per_call', 'refill_fraction')
-
-
-def make_sampler(sampling_config: ml_collections.ConfigDict,
-                 model: models.Model, params: models.Params, *,
-                 tokenizer: tokenizer_lib.Tokenizer | None = None,
-                 mesh: Mesh | None = None) -> Sampler:
-  """The engine `sampling_config.engine` names ('static' or 'continuous').
-
-  Both have `Sampler`'s API (`sample`, `sample_all`, `with_params`) and give
-  the same traces for the same settings, up to float rounding; so a model
-  family without a paged decode path (`decode_models.decoder_for`) gets the
-  static engine, with a logged warning.
-
-  Raises:
-    ValueError: an unknown engine name.
-  """
-  engine = sampling_config.get('engine', 'static')
-  if engine not in ENGINES:
-    raise ValueError(f'config.sampling.engine={engine!r} must be one of '
-                     f'{ENGINES}.')
-  if engine == 'continuous':
-    # pylint: disable=g-import-not-at-top
-    from tpt_jax import decode_models
-    from tpt_jax import sampling_continuous
-    # pylint: enable=g-import-not-at-top
-    try:
-      decode_models.decoder_for(model)
-    except ValueError as error:
-      logging.warning('sampling: %s Using the static engine.', error)
-    else:
-      return sampling_continuous.ContinuousSampler(
-          model, params, tokenizer=tokenizer, mesh=mesh)
-  return Sampler(model, params, tokenizer=tokenizer, mesh=mesh)

@@ -39,6 +39,7 @@ import tqdm
 
 from tpt_jax import checkpoints
 from tpt_jax import config_fields
+from tpt_jax import engines
 from tpt_jax import evaluate as evaluate_lib
 from tpt_jax import models
 from tpt_jax import prune
@@ -103,7 +104,7 @@ class RunContext:
       params = jax.tree.map(
           lambda x: multihost_utils.process_allgather(x, tiled=True), params)
     if self.engine is None:
-      self.engine = sampling.make_sampler(
+      self.engine = engines.make_sampler(
           self.config.sampling, self.model, params, tokenizer=self.tokenizer,
           mesh=self.sampling_mesh or self.mesh)
     else:
