@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import sys
 import time
 from typing import Any, Callable, Sequence, TextIO
@@ -430,10 +431,13 @@ def compile_program(program: Program, topology: topologies.Topology
   except Exception as e:  # pylint: disable=broad-except
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
+    message = _first_line_with(str(e), 'RESOURCE_EXHAUSTED')
+    # e.g. '... HLO temporaries (50.04G) exceeds available HBM (15.75G)'.
+    needed = re.search(r'temporaries \(([\d.]+)G\)', message)
     return ProgramReport(
         argument_bytes=argument_bytes, output_bytes=0, alias_bytes=0,
-        temp_bytes=0, code_bytes=0, compiled=True,
-        error=_first_line_with(str(e), 'RESOURCE_EXHAUSTED'),
+        temp_bytes=int(float(needed.group(1)) * GIB) if needed else 0,
+        code_bytes=0, compiled=True, error=message,
         compile_seconds=time.perf_counter() - start, **base)
   compile_seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
@@ -657,8 +661,9 @@ def format_plan(plan: Plan) -> str:
   if failing:
     for r in failing:
       advice = _ADVICE['train' if r.kind == 'train' else 'sample']
-      over = (f'over by {_gib(r.total_bytes - r.hbm_bytes)}'
-              if not r.error else 'per the compiler')
+      over = f'over by {_gib(r.total_bytes - r.hbm_bytes)}'
+      if r.error:
+        over += ", the compiler's RESOURCE_EXHAUSTED"
       lines.append(
           f'DOES NOT FIT: {r.name} needs {_gib(r.total_bytes)} per chip; a '
           f'{chip.generation} chip has {_gib(r.hbm_bytes)} ({over}). '
