@@ -86,9 +86,9 @@ class Assumptions:
   """What the round-time estimate assumes beyond the config.
 
   Attributes:
-    prompt_tokens: tokens of a prompt (GSM8K 4-shot: 4 solved train problems
-      and a question, ~2,400 characters at ~3.8 characters per Gemma2
-      token).
+    prompt_tokens: tokens of a prompt (GSM8K 4-shot: the 4 fixed solved
+      exemplars, 1,610 characters, and a question of 235 on average, at
+      ~3.8 characters per Gemma2 token).
     completion_tokens: mean tokens of a kept completion, for training
       (gemma-2-2b-it on GSM8K: mean 183, `../shared/data/gsm8k`).
     decode_steps: decode steps per sampling batch; 0: max_new_tokens (the
@@ -98,7 +98,7 @@ class Assumptions:
     prompt_bucket: prompt bucket the sampling programs are compiled for;
       0: the largest configured one (the worst case a batch can hit).
   """
-  prompt_tokens: int = 640
+  prompt_tokens: int = 485
   completion_tokens: int = 183
   decode_steps: int = 0
   keep_fraction: float = 0.5
@@ -120,6 +120,7 @@ class Program:
     cost_multiplier: how many times XLA's cost analysis undercounts (loop
       bodies are counted once: the micro-batch scan of gradient
       accumulation).
+    notes: lines printed with the program's report.
   """
   name: str
   kind: str
@@ -128,6 +129,7 @@ class Program:
   arg_groups: dict[str, Any]
   model_flops: float = 0.0
   cost_multiplier: int = 1
+  notes: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +153,7 @@ class ProgramReport:
     seconds_source: which estimate `seconds` is.
     peak_fraction: train MFU, or a decode step's HBM-roofline share.
     compile_seconds: wall time of lowering + compiling here.
+    notes: the program's notes.
   """
   name: str
   kind: str
@@ -170,6 +173,7 @@ class ProgramReport:
   seconds_source: str = ''
   peak_fraction: float | None = None
   compile_seconds: float = 0.0
+  notes: tuple[str, ...] = ()
 
   @property
   def total_bytes(self) -> int:
@@ -242,6 +246,15 @@ def train_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
   model_flops = tokens * train.model_flops_per_token(
       trainer.base_model.config, num_params, train_config.max_seq_len,
       trained_fraction=0.0 if trainer.is_lora else 1.0)
+  batch_devices = math.prod(
+      mesh.shape[a] for a in sharding_lib.LOGICAL_AXIS_RULES['batch'])
+  rows_per_chip = train_config.batch_size / train_config.grad_accum_steps / (
+      batch_devices)
+  logits_bytes = (rows_per_chip * train_config.max_seq_len *
+                  trainer.base_model.config.num_embed * 4)
+  notes = (f'{rows_per_chip:g} rows of {train_config.max_seq_len} tokens per '
+           f'chip and micro-batch: their f32 logits alone are '
+           f'{_gib(logits_bytes)} (and the loss keeps a few such arrays)',)
   groups = {'params (trained, master dtype)': state.params,
             'optimizer state': state.opt_state, 'batch': batch}
   if frozen is not None:
@@ -249,7 +262,8 @@ def train_program(config: ml_collections.ConfigDict, mesh: Mesh) -> Program:
   return Program(name='train_step', kind='train', fn=trainer.step_fn,
                  args=(state, batch, frozen), arg_groups=groups,
                  model_flops=model_flops,
-                 cost_multiplier=int(train_config.grad_accum_steps))
+                 cost_multiplier=int(train_config.grad_accum_steps),
+                 notes=notes)
 
 
 def _decode_one_step(params, tokens, positions, cache, attention_mask, *,
@@ -420,7 +434,7 @@ def compile_program(program: Program, topology: topologies.Topology
                  for name, tree in program.arg_groups.items()}
   argument_bytes = bytes_per_chip(program.args)
   base = dict(name=program.name, kind=program.kind, group_bytes=group_bytes,
-              hbm_bytes=chip.hbm_bytes)
+              hbm_bytes=chip.hbm_bytes, notes=program.notes)
   if argument_bytes > chip.hbm_bytes:
     return ProgramReport(argument_bytes=argument_bytes, output_bytes=0,
                          alias_bytes=0, temp_bytes=0, code_bytes=0,
@@ -636,6 +650,7 @@ def format_plan(plan: Plan) -> str:
                     if r.compiled and not r.error else ''))
     for name, size in r.group_bytes.items():
       lines.append(f'  {name}: {size} bytes per chip ({_gib(size)})')
+    lines += [f'  {note}' for note in r.notes]
     if not r.compiled:
       lines.append(f'  arguments alone: {_gib(r.argument_bytes)} per chip '
                    '(not compiled)')
