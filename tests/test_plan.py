@@ -1,18 +1,23 @@
 """`tpt_jax.plan`: compiling a config's programs for a TPU slice from a CPU
 host (libtpu's ahead-of-time compiler; no TPU attached)."""
 
+import dataclasses
 import importlib.util
 import io
 import os
 import re
 import subprocess
 import sys
+import types
 
 import jax
 import pytest
 
 from tpt_jax import config as config_lib
+from tpt_jax import models
 from tpt_jax import plan
+from tpt_jax import sampling
+from tpt_jax import sharding as sharding_lib
 from tpt_jax import topologies
 from conftest import REPO_ROOT
 
@@ -147,3 +152,38 @@ def test_slice_names_count_chips_or_cores_as_cloud_tpu_does():
   assert topologies.get_topology('v5e:4x4').name == 'v5e-16'
   with pytest.raises(topologies.UnknownTopologyError, match='v6e-256'):
     topologies.get_topology('v7-8')
+
+
+def test_planned_sampling_programs_are_the_ones_the_sampler_runs():
+  # The sampler's own jitted prefill/decode, built by a real (CPU) run for
+  # the same settings, lower to the same program for the plan's abstract
+  # arguments: the plan compiles what a run executes.
+  config = tiny_config()
+  config.sampling.stop_strings = ('\nQ:',)
+  config.sampling.top_p = 0.9
+  # Rows split over two mesh axes of size 2 (a size-1 axis would be dropped
+  # from the real run's shardings: the same program, different text).
+  config.mesh.shape = (2, 2, 1)
+  model = models.build_model(config.model)
+  mesh = sharding_lib.make_mesh(config.mesh, devices=jax.devices()[:4])
+  settings = plan.think_settings(config)
+  num_problems = config.task.num_train_problems
+  (prefill, prefill_args), (decode, decode_args) = (
+      sampling.abstract_batch_programs(model, mesh, settings,
+                                       prompt_bucket=16,
+                                       num_problems=num_problems))
+  params = model.init_params(jax.random.key(0))
+  # Stop strings need token bytes (given) and a tokenizer for the text.
+  no_text = types.SimpleNamespace(decode=lambda ids: '')
+  sampler = sampling.Sampler(model, params, mesh=mesh, tokenizer=no_text)
+  sampler._token_bytes = [bytes([i % 256]) for i in range(  # pylint: disable=protected-access
+      model.config.num_embed)]
+  prompts = [[2] + [3 + (i + j) % 50 for j in range(5 + i % 9)]
+             for i in range(num_problems)]
+  sampler.sample_all(prompts, dataclasses.replace(settings, max_new_tokens=16),
+                     show_progress=False)
+  (real_prefill, real_decode), = sampler._programs.values()  # pylint: disable=protected-access
+  assert (real_prefill.lower(*prefill_args).as_text() ==
+          prefill.lower(*prefill_args).as_text())
+  assert (real_decode.lower(*decode_args).as_text() ==
+          decode.lower(*decode_args).as_text())
