@@ -516,11 +516,15 @@ def estimate_round(config: ml_collections.ConfigDict,
                    served_by: dict[str, str], assumptions: Assumptions,
                    mesh: Mesh) -> RoundEstimate | None:
   """One round: Think over the train problems, Train on the kept samples,
-  Evaluate on the test problems; None unless all three were compiled."""
-  by_name = {r.name: r for r in reports}
-  if 'train_step' not in by_name or any(
-      g not in served_by for g in ('think', 'eval')):
-    return None
+  Evaluate on the test problems, from the compiled programs' step times;
+  None unless each program it needs compiled (fitting or not)."""
+  by_name = {r.name: r for r in reports if r.seconds > 0}
+  needed = ['train_step'] + [
+      f'{served_by.get(stage, "-")}_{kind}'
+      for stage, _, _ in sampling_stages(config, PROGRAM_GROUPS)
+      for kind in ('prefill', 'decode_step')]
+  if any(name not in by_name for name in needed):
+    return None  # Not compiled (a group left out, or over HBM).
   row_multiple = math.prod(
       mesh.shape[a] for a in sharding_lib.LOGICAL_AXIS_RULES['batch'])
   lines = []
@@ -615,9 +619,7 @@ def make_plan(config: ml_collections.ConfigDict, topology_name: str, *,
             file=progress, flush=True)
     reports.append(compile_program(program, topology))
   estimate = None
-  if all(r.fits for r in reports):
-    estimate = estimate_round(config, reports, served_by, assumptions,
-                              mesh)
+  estimate = estimate_round(config, reports, served_by, assumptions, mesh)
   return Plan(topology=topology, mesh_shape=dict(mesh.shape),
               reports=tuple(reports), round_estimate=estimate)
 
@@ -688,7 +690,8 @@ def format_plan(plan: Plan) -> str:
   if plan.round_estimate is not None:
     estimate = plan.round_estimate
     lines.append(
-        f'Round estimate: {_duration(estimate.total_seconds)} (think '
+        f'Round estimate{"" if plan.fits else " (if every program fit)"}: '
+        f'{_duration(estimate.total_seconds)} (think '
         f'{_duration(estimate.think_seconds)}, train '
         f'{_duration(estimate.train_seconds)}, eval '
         f'{_duration(estimate.eval_seconds)})')
