@@ -144,7 +144,7 @@ class ProgramReport:
       compiled).
     total_bytes: what the program holds at its peak, per chip: arguments +
       outputs - donated (aliased) + temporaries + code.
-    hbm_bytes: the chip's HBM.
+    hbm_bytes: the chip's HBM usable by a program (`ChipSpec`).
     compiled: False when the arguments alone exceed HBM (not compiled).
     error: the compiler's RESOURCE_EXHAUSTED message, if any.
     flops, bytes_accessed: per chip and call (scaled by cost_multiplier).
@@ -434,8 +434,8 @@ def compile_program(program: Program, topology: topologies.Topology
                  for name, tree in program.arg_groups.items()}
   argument_bytes = bytes_per_chip(program.args)
   base = dict(name=program.name, kind=program.kind, group_bytes=group_bytes,
-              hbm_bytes=chip.hbm_bytes, notes=program.notes)
-  if argument_bytes > chip.hbm_bytes:
+              hbm_bytes=chip.usable_hbm_bytes, notes=program.notes)
+  if argument_bytes > chip.usable_hbm_bytes:
     return ProgramReport(argument_bytes=argument_bytes, output_bytes=0,
                          alias_bytes=0, temp_bytes=0, code_bytes=0,
                          compiled=False, **base)
@@ -647,7 +647,7 @@ def format_plan(plan: Plan) -> str:
   for r in plan.reports:
     status = 'fits' if r.fits else 'DOES NOT FIT'
     lines.append(f'{r.name}: {status}, {_gib(r.total_bytes)} of '
-                 f'{_gib(r.hbm_bytes)} per chip'
+                 f'{_gib(r.hbm_bytes)} usable per chip'
                  + (f' (compiled in {r.compile_seconds:.0f} s)'
                     if r.compiled and not r.error else ''))
     for name, size in r.group_bytes.items():
@@ -683,7 +683,7 @@ def format_plan(plan: Plan) -> str:
         over += ", the compiler's RESOURCE_EXHAUSTED"
       lines.append(
           f'DOES NOT FIT: {r.name} needs {_gib(r.total_bytes)} per chip; a '
-          f'{chip.generation} chip has {_gib(r.hbm_bytes)} ({over}). '
+          f'{chip.generation} chip has {_gib(r.hbm_bytes)} usable ({over}). '
           f'To change: {advice}.')
   else:
     lines.append(f'All {len(plan.reports)} programs fit on {topology.name}.')

@@ -36,6 +36,9 @@ class ChipSpec:
     chip_config_name: libtpu's chip config ('megacore': one device per chip
       of two TensorCores).
     cores_per_chip_in_name: what the N of a slice name counts per chip.
+    usable_hbm_bytes: what XLA leaves a program (its RESOURCE_EXHAUSTED
+      messages: "available HBM (15.75G)" on v5e, 30.75G on v4); the full HBM
+      where we have not seen it.
   """
   generation: str
   hbm_bytes: int
@@ -43,13 +46,16 @@ class ChipSpec:
   hbm_bytes_per_s: float
   chip_config_name: str
   cores_per_chip_in_name: int
+  usable_hbm_bytes: int
 
 
 CHIPS: dict[str, ChipSpec] = {
-    'v4': ChipSpec('v4', 32 * GIB, 275e12, 1228e9, 'megacore', 2),
-    'v5e': ChipSpec('v5e', 16 * GIB, 197e12, 819e9, 'default', 1),
-    'v5p': ChipSpec('v5p', 95 * GIB, 459e12, 2765e9, 'megacore', 2),
-    'v6e': ChipSpec('v6e', 32 * GIB, 918e12, 1640e9, 'default', 1),
+    'v4': ChipSpec('v4', 32 * GIB, 275e12, 1228e9, 'megacore', 2,
+                   int(30.75 * GIB)),
+    'v5e': ChipSpec('v5e', 16 * GIB, 197e12, 819e9, 'default', 1,
+                    int(15.75 * GIB)),
+    'v5p': ChipSpec('v5p', 95 * GIB, 459e12, 2765e9, 'megacore', 2, 95 * GIB),
+    'v6e': ChipSpec('v6e', 32 * GIB, 918e12, 1640e9, 'default', 1, 32 * GIB),
 }
 
 # Chip grid of each slice size (chips), as libtpu names it.
