@@ -35,8 +35,10 @@ TPU attached; bytes per chip):
   With those overrides and --programs=train, v4-16's train step compiles
   (8 min here) at 31.7 GiB per chip: 12.9 GiB params + AdamW state, 18.7 GiB
   temporaries, est. 4.5 s per step, est. MFU 38%; that is over the 30.75 GiB
-  XLA leaves a v4 chip, so the plan now exits 3 for it. Its sampling
-  programs are not compiled yet.
+  XLA leaves a v4 chip, so the plan now exits 3 for it. With --programs=think
+  the Think programs fit (11 min here): decode 22.9 GiB, prefill 10.3 GiB, a
+  decode step over the full 1,407-slot cache est. 35 ms. Eval programs are
+  not compiled yet.
 
 Measured: not yet run end to end by us; the TPT paper reports GSM8K Pass@1
 of 82% for Gemma2-9B after TPT.
