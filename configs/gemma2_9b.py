@@ -1,7 +1,8 @@
 r"""Gemma2-9B: Think, Prune, Train on GSM8K.
 
-Run (TPU v5e-16 / v4-16, or 8x 80 GB GPUs; params and optimizer state are
-sharded FSDP over the `fsdp` mesh axis):
+Run (params and optimizer state are sharded FSDP over the `fsdp` mesh axis;
+see "Hardware": not yet shown to fit a v5e-16 or a v4-16 as configured, so
+plan your slice first with `python -m tpt_jax.plan`):
 
   python -m tpt_jax.main --config=configs/gemma2_9b.py \
       --config.checkpoint.path=/ckpts/gemma2-9b \
@@ -12,6 +13,32 @@ Recipe (`config_lib.set_gsm8k_tpt`): GSM8K read from
 'tfds'; default ../shared/data/gsm8k), 4-shot prompts, 4 samples per problem
 at temperature 0.8, keep the correct ones, 3 recursive rounds of full
 fine-tuning; greedy Pass@1, pass@4 and maj@4 on the test split each round.
+
+Hardware (`python -m tpt_jax.plan`: libtpu's compiler on a CPU host, no
+TPU attached; bytes per chip):
+
+  The defaults are not compiled yet (a 9B program takes 20+ min per
+  compile on our shared 2-core host). The plan's argument bytes from the
+  shardings alone (printed before compiling):
+    v5e-16 (fsdp=16): train_step 6.5 GiB (f32 params + AdamW state); the
+      sampler's decode takes a 10.5 GiB KV cache (256 rows x 2,048-slot
+      prompt bucket) and grows it to 12.5 GiB.
+    v4-16 (fsdp=8): train_step 12.9 GiB; decode cache 21.0 -> 24.9 GiB.
+  Gemma2-2B's compiled decode needed ~3x its final cache in temporaries and
+  its train step 48 GiB of temporaries at these batch settings (see
+  configs/gemma2_2b.py), so expect these defaults not to fit either slice;
+  start from the 2B overrides (grad_accum_steps=8, sampling.batch_size=128,
+  prompt buckets up to 1,024) and check with the plan:
+    python -m tpt_jax.plan --config=configs/gemma2_9b.py --topology=v4-16 \
+        --config.train.grad_accum_steps=8 --config.sampling.batch_size=128 \
+        --config.sampling.prompt_length_buckets='(256,384,512,768,1024)'
+  With those overrides and --programs=train, v4-16's train step compiles
+  (8 min here) at 31.7 GiB per chip: 12.9 GiB params + AdamW state, 18.7 GiB
+  temporaries, est. 4.5 s per step, est. MFU 38%; that is over the 30.75 GiB
+  XLA leaves a v4 chip, so the plan now exits 3 for it. With --programs=think
+  the Think programs fit (11 min here): decode 22.9 GiB, prefill 10.3 GiB, a
+  decode step over the full 1,407-slot cache est. 35 ms. Eval programs are
+  not compiled yet.
 
 Measured: not yet run end to end by us; the TPT paper reports GSM8K Pass@1
 of 82% for Gemma2-9B after TPT.

@@ -11,6 +11,9 @@ import pathlib
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# With libtpu installed (the `tpu` extra), jax would otherwise try a TPU
+# backend first on this CPU host; tests run on the CPU.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'

@@ -607,6 +607,94 @@ def _decode(params: models.Params, state: _DecodeState,
   return state
 
 
+def abstract_batch_programs(model: models.Model, mesh: Mesh,
+                            settings: SamplingSettings, *, prompt_bucket: int,
+                            num_problems: int
+                            ) -> tuple[tuple[Any, tuple[Any, ...]],
+                                       tuple[Any, tuple[Any, ...]]]:
+  """The prefill and decode programs of one batch, with abstract inputs.
+
+  For compiling ahead of time (`tpt_jax.plan`): the same jitted functions
+  and shardings `Sampler` runs for a batch of `settings` whose prompts fall
+  in `prompt_bucket`, each paired with its arguments as sharded
+  `jax.ShapeDtypeStruct`s. Nothing is allocated.
+
+  Returns:
+    ((prefill, prefill_args), (decode, decode_args)).
+  """
+  row_multiple = int(np.prod(
+      [mesh.shape[a] for a in sharding_lib.LOGICAL_AXIS_RULES['batch']]))
+  num_rows, num_prefill_rows = sampling_utils.batch_shape(
+      num_problems, settings.num_samples_per_problem, settings.batch_size,
+      row_multiple)
+  num_stop_strings = len(settings.stop_strings)
+  stop_states = max((len(s.encode('utf-8')) for s in settings.stop_strings),
+                    default=0) + 1  # As `stop_string_tables` builds it.
+  spec = _ProgramSpec(
+      prompt_bucket=prompt_bucket, max_new_tokens=settings.max_new_tokens,
+      num_rows=num_rows, num_prefill_rows=num_prefill_rows,
+      greedy=settings.greedy, top_k=0 if settings.greedy else settings.top_k,
+      use_top_p=not settings.greedy and settings.top_p < 1,
+      num_eos_slots=len(_padded_ids(settings.eos_token_ids)),
+      num_stop_slots=len(_padded_ids(settings.stop_token_ids)),
+      num_stop_strings=num_stop_strings,
+      num_cache_segments=settings.max_cache_segments)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def rows(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_lib.
+                                batch_sharding(mesh, len(shape)))
+
+  def scalar_or_table(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+
+  abstract_params = models.cast(model.abstract_params(), model.compute_dtype)
+  param_shardings = sharding_lib.param_shardings(
+      abstract_params, mesh,
+      transpose_gating_einsum=model.config.transpose_gating_einsum)
+  params = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract_params, param_shardings)
+  inputs = _PrefillInputs(
+      prompt_tokens=rows((num_prefill_rows, prompt_bucket), jnp.int32),
+      prompt_lengths=rows((num_prefill_rows,), jnp.int32),
+      row_prefill_slot=rows((num_rows,), jnp.int32),
+      row_problem_key=rows((num_rows,), jnp.uint32),
+      row_sample=rows((num_rows,), jnp.uint32),
+      row_active=rows((num_rows,), jnp.bool_))
+  vocab_size = model.config.num_embed
+  stop_dtype = jnp.uint8 if stop_states <= 256 else jnp.int32
+  sampling_params = _SamplingParams(
+      seed=scalar_or_table((), jnp.uint32),
+      temperature=scalar_or_table((), jnp.float32),
+      top_p=scalar_or_table((), jnp.float32),
+      eos_token_ids=scalar_or_table((spec.num_eos_slots,), jnp.int32),
+      stop_token_ids=scalar_or_table((spec.num_stop_slots,), jnp.int32),
+      stop_table=scalar_or_table(
+          (num_stop_strings, 1 if not num_stop_strings else stop_states,
+           vocab_size), stop_dtype),
+      stop_match_state=scalar_or_table((num_stop_strings,), jnp.int32))
+  common = dict(model=model, spec=spec, shardings=_Shardings(mesh))
+  prefill = jax.jit(functools.partial(_prefill, **common))
+  decode = jax.jit(functools.partial(_decode, **common))
+
+  # The decode's inputs are the prefill's outputs, sharded as
+  # `_Shardings.constrain_state` / `constrain_rows` leave them.
+  state, constants = jax.eval_shape(prefill, params, inputs, sampling_params)
+  def with_row_sharding(x):
+    sharding = (replicated if x.ndim == 0
+                else sharding_lib.batch_sharding(mesh, x.ndim))
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  cache = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      state.cache, sharding_lib.cache_shardings(state.cache, mesh))
+  state = jax.tree.map(with_row_sharding, state.replace(cache=None))
+  state = state.replace(cache=cache)
+  constants = jax.tree.map(with_row_sharding, constants)
+  return ((prefill, (params, inputs, sampling_params)),
+          (decode, (params, state, constants, sampling_params)))
+
+
 # ----------------------------------------------------------------------------
 # The sampler (side effects: device transfers, logging, progress).
 # ----------------------------------------------------------------------------

@@ -549,6 +549,37 @@ class Trainer:
         v.shape, self.batch_sharding, lambda index, v=v: v[index])
             for k, v in batch.items()}
 
+  def abstract_state(self) -> TrainState:
+    """The train state as sharded `jax.ShapeDtypeStruct`s (nothing
+    allocated): restore targets, ahead-of-time compilation."""
+    abstract_state = jax.eval_shape(
+        lambda: TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=self.abstract_params,
+            opt_state=self.optimizer.init(self.abstract_params),
+            rng=jax.random.key_data(jax.random.key(0))))
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        abstract_state, self.state_shardings)
+
+  def abstract_step_args(self) -> tuple[TrainState, dict[str, Any],
+                                        Params | None]:
+    """`step_fn`'s arguments (state, one batch, frozen base params) as
+    sharded `jax.ShapeDtypeStruct`s, for compiling it ahead of time."""
+    shape = (self.train_config.batch_size, self.train_config.max_seq_len)
+    batch = {key: jax.ShapeDtypeStruct(
+        shape, jnp.bool_ if key == 'loss_mask' else jnp.int32,
+        sharding=self.batch_sharding) for key in input_pipeline.BATCH_KEYS}
+    frozen = None
+    if self.is_lora:
+      frozen = jax.tree.map(
+          lambda x, s: jax.ShapeDtypeStruct(
+              x.shape, self.base_model.param_dtype
+              if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
+              sharding=s),
+          self.base_model.abstract_params(), self.frozen_shardings)
+    return self.abstract_state(), batch, frozen
+
   def final_params(self, state: TrainState, frozen: Params | None
                    ) -> Params:
     """The plain param tree in param dtype (LoRA merged)."""
@@ -726,15 +757,7 @@ def restore_checkpoint(manager: ocp.CheckpointManager, trainer: Trainer,
                        step: int
                        ) -> tuple[TrainState, input_pipeline.PipelineState]:
   """The state (sharded like a fresh one) and data position saved at step."""
-  abstract_state = jax.eval_shape(
-      lambda: TrainState(
-          step=jnp.zeros((), jnp.int32),
-          params=trainer.abstract_params,
-          opt_state=trainer.optimizer.init(trainer.abstract_params),
-          rng=jax.random.key_data(jax.random.key(0))))
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_state, trainer.state_shardings)
+  abstract_state = trainer.abstract_state()
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),
       data=ocp.args.JsonRestore()))
