@@ -108,3 +108,28 @@ def test_readme_demo_command_uses_the_demo_config():
   readme = (_REPO / 'README.md').read_text()
   assert ('pip install -q -e . -c constraints.txt && python -m tpt_jax.main '
           '--config=configs/demo.py') in readme
+
+
+def test_dry_run_with_a_topology_prints_the_plan():
+  result = _main('--config=configs/tiny.py', '--dry_run', '--topology=v5e-4')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'train_step' in result.stdout
+  result = _main('--config=configs/tiny.py', '--dry_run',
+                 '--topology=v9z-1024')
+  assert result.returncode == 2
+  assert 'v5e-16' in result.stdout + result.stderr
+
+
+def test_the_headline_errors_are_one_line(tmp_path):
+  result = _main('--config=configs/nope.py', '--dry_run')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "Cannot load --config: [Errno 2] No such file or directory: "
+      "'configs/nope.py'")
+  assert 'Traceback' not in result.stderr
+  config_file = tmp_path / 'no_get_config.py'
+  config_file.write_text('x = 1\n')
+  result = _main(f'--config={config_file}', '--dry_run')
+  assert result.returncode == 2
+  assert f'Config file {config_file} defines no get_config()' in result.stderr
+  assert 'Traceback' not in result.stderr

@@ -34,6 +34,10 @@ _WORKDIR = flags.DEFINE_string(
     'checkpoints, summaries). Overrides config.workdir.')
 _DRY_RUN = flags.DEFINE_bool(
     'dry_run', False, 'Only validate and print the resolved config.')
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', None, 'With --dry_run: also compile the config\'s programs '
+    'for this TPU slice (e.g. v5e-16) and print the plan, as '
+    '`python -m tpt_jax.plan` does; exit 3 when a program does not fit.')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -117,7 +121,12 @@ def main(argv):
   print('Resolved config:\n' + json.dumps(config.to_dict(), indent=2,
                                           default=str), flush=True)
   if _DRY_RUN.value:
+    if _TOPOLOGY.value:
+      from tpt_jax import plan  # pylint: disable=g-import-not-at-top
+      sys.exit(plan.run(config, _TOPOLOGY.value))
     return
+  if _TOPOLOGY.value:
+    _fail('--topology goes with --dry_run (or use python -m tpt_jax.plan).')
   try:
     # Before anything touches a backend: jax.distributed needs it so.
     sharding.maybe_initialize_distributed(config.mesh)

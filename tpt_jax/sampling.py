@@ -661,7 +661,8 @@ def abstract_batch_programs(model: models.Model, mesh: Mesh,
       row_prefill_slot=rows((num_rows,), jnp.int32),
       row_problem_key=rows((num_rows,), jnp.uint32),
       row_sample=rows((num_rows,), jnp.uint32),
-      row_active=rows((num_rows,), jnp.bool_))
+      row_active=rows((num_rows,), jnp.bool_),
+      row_limit=rows((num_rows,), jnp.int32))
   vocab_size = model.config.num_embed
   stop_dtype = jnp.uint8 if stop_states <= 256 else jnp.int32
   sampling_params = _SamplingParams(
