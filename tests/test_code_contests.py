@@ -302,3 +302,7 @@ def test_one_tiny_tpt_round(data_dir, tmp_path):
       stdio_judge.STDIO_STATUSES)
   assert all(r['problem_id'].startswith('code_contests/train/')
              for r in think)
+  # The round's verdicts are counted in prune.json.
+  prune_report = json.loads((workdir / 'round_1' / 'prune.json').read_text())
+  assert sum(prune_report['verdicts'].values()) == len(think)
+  assert set(prune_report['verdicts']) == set(stdio_judge.STDIO_STATUSES)

@@ -395,6 +395,12 @@ def prune_and_write(ctx: RunContext, round_dir: workdir_lib.Path,
       'num_problems_kept': len({t.problem_id for t in kept}),
       'strategies': list(prune.parse_strategies(ctx.config.prune.strategies)),
   }
+  verdict_names = getattr(ctx.task, 'verdicts', ())
+  if verdict_names:
+    # Code judged on tests: how many traces got each verdict.
+    report['verdicts'] = {name: sum(t.extracted_answer == name
+                                    for t in traces)
+                          for name in verdict_names}
   # Staging directories of a write that was killed are never read.
   workdir_lib.clear_staging(round_dir, f'.{DATASET_DIR}.tmp-*')
   if kept and workdir_lib.is_writer():

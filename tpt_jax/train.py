@@ -59,7 +59,6 @@ import itertools
 import logging
 import math
 import pathlib
-import shutil
 import sys
 import time
 from typing import Any
@@ -78,6 +77,7 @@ from tpt_jax import models
 from tpt_jax import optim
 from tpt_jax import sharding as sharding_lib
 from tpt_jax import tokenizer as tokenizer_lib
+from tpt_jax import workdir as workdir_lib
 from tpt_jax import _gemma_compat  # pylint: disable=unused-import  # Must precede gemma.
 from gemma import gm  # pylint: disable=g-bad-import-order
 from gemma import peft  # pylint: disable=g-bad-import-order
@@ -734,7 +734,7 @@ def checkpoint_manager(directory: str | pathlib.Path,
       cleanup_tmp_directories=True,
       create=True)
   return ocp.CheckpointManager(
-      pathlib.Path(directory).absolute(), options=options,
+      workdir_lib.as_path(directory), options=options,
       item_handlers={'state': ocp.StandardCheckpointHandler(),
                      'data': ocp.JsonCheckpointHandler()})
 
@@ -769,9 +769,9 @@ def save_final_params(params: Params, path: str | pathlib.Path) -> str:
 
   Replaces what is already at `path` (a re-run of a finished round).
   """
-  path = pathlib.Path(path).absolute()
+  path = workdir_lib.as_path(path)
   if jax.process_index() == 0 and path.exists():
-    shutil.rmtree(path)
+    path.rmtree()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(f'tpt_jax.train: cleared {path}')
@@ -949,7 +949,7 @@ def train(config: ml_collections.ConfigDict,
   workdir = workdir or config.get('workdir')
   if not workdir:
     raise ValueError('No workdir: pass workdir= or set config.workdir.')
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = workdir_lib.as_path(workdir)
   train_config = config.train
   tokenizer = tokenizer or tokenizer_lib.tokenizer_from_config(
       config.tokenizer)

@@ -431,6 +431,8 @@ class CodeContestsTask:
   """The CodeContests task (see the module docstring)."""
   name: str = NAME
   majority_vote: bool = False
+  # A verdict per judged trace; prune.json counts them per round.
+  verdicts: tuple[str, ...] = VERDICTS
 
   def load_problems(self, split: str,
                     config: ml_collections.ConfigDict) -> list[tasks.Problem]:
