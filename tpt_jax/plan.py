@@ -33,6 +33,11 @@ over HBM are caught before compiling; the compiler's RESOURCE_EXHAUSTED
 counts too), naming the program, the chip's capacity, the overflow and what
 to change; 2 for an unknown slice (the known ones are listed) or a missing
 libtpu (`pip install -e '.[tpu]'`).
+
+Length: one report built from several program builders (train, think,
+eval), the compiler's memory and cost analyses, their parsing (including
+RESOURCE_EXHAUSTED messages) and the round estimate; the slice table lives
+apart in `topologies`.
 """
 
 from __future__ import annotations
