@@ -93,8 +93,9 @@ class RoundParams:
   """The model each round ends with, loaded (or trained) once.
 
   Round 0 is the starting model after the warm-up (if any); round N is
-  round N's fine-tune, or round N-1's model when nothing survived pruning.
-  Only the latest round's params are kept in memory.
+  round N's fine-tune (trained again when its params are missing or
+  damaged), or round N-1's model when nothing survived pruning. Only the
+  latest round's params are kept in memory.
   """
 
   def __init__(self, ctx: stages.RunContext):
@@ -117,11 +118,10 @@ class RoundParams:
     else:
       params = stages.trained_params(ctx, round_dir / 'train')
       if params is None:
-        if workdir_lib.read_json(
-            round_dir / stages.PRUNE_REPORT_FILE)['num_kept'] != 0:
-          raise FileNotFoundError(
-              f'Round {round_index} has not finished training.')
-        params = self(round_index - 1)
+        # Not trained (or its params were damaged and dropped): train it
+        # again, from its newest checkpoint; nothing kept: round N-1's.
+        params = _train(ctx, self, round_index, workdir_lib.read_json(
+            round_dir / stages.PRUNE_REPORT_FILE))
     self.put(round_index, params)
     return params
 
