@@ -350,7 +350,8 @@ def check_processes(workdir: Path, config: ml_collections.ConfigDict
   digest = _config_digest(config)
   write_json(directory / f'process_{jax.process_index()}.json',
              {'nonce': nonce, 'config': digest}, every_process=True)
-  barrier(f'{workdir}:processes:{nonce}')
+  # (Names without the path: processes may have been given different ones.)
+  barrier(f'processes:{nonce}')
   unseen, other_configs = [], []
   for index in range(count):
     path = directory / f'process_{index}.json'
@@ -370,7 +371,7 @@ def check_processes(workdir: Path, config: ml_collections.ConfigDict
         f'Process(es) {other_configs} started with another config than '
         f'process {jax.process_index()}: start every process with the same '
         'command.')
-  barrier(f'{workdir}:processes_checked:{nonce}')
+  barrier(f'processes_checked:{nonce}')
 
 
 # What a workdir holds before any stage has computed anything.
@@ -399,7 +400,7 @@ def prepare(config: ml_collections.ConfigDict,
   workdir.mkdir(parents=True, exist_ok=True)
   check_processes(workdir, config)
   check_or_save_config(workdir, config)
-  barrier(f'{workdir}:config')
+  barrier('config_saved')
   if is_writer() and is_local(workdir):
     # Temporary files of JSON writes that were killed are never read.
     for directory, _, names in os.walk(os.fspath(workdir)):
