@@ -32,8 +32,8 @@ def test_equals_serial_verification_on_gsm8k_train():
   train = gsm8k.TASK.load_problems('train', _gsm8k_config())
   solutions = sources.load_gsm8k(DATA_DIR / 'gsm8k', 'train')
   # Completions: the train solutions, and each with its answer changed.
-  completions = [s.reference_solution for s in solutions]
-  completions += [s.reference_solution + '1' for s in solutions[:1000]]
+  completions = [s.solution for s in solutions]
+  completions += [s.solution + '1' for s in solutions[:1000]]
   problems = train + train[:1000]
   items = list(zip(completions, problems))
   serial = [gsm8k.TASK.verify(c, p) for c, p in items]

@@ -79,6 +79,7 @@ def test_a_finished_workdir_is_not_written_on_resume(tmp_path):
 
 def test_another_config_or_an_old_layout_is_refused(tmp_path):
   workdir_lib.check_or_save_config(tmp_path, _config())
+  (tmp_path / 'round_0').mkdir()  # Something was computed with it.
   with pytest.raises(config_fields.ConfigError,
                      match='config.sampling.temperature: 1.0 in the workdir, '
                      '0.5 now'):
