@@ -56,8 +56,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 
+from tpt_jax import decode_models
 from tpt_jax import models
 from tpt_jax import sampling
+from tpt_jax import sampling_continuous
 from tpt_jax import sampling_utils
 from tpt_jax import sharding as sharding_lib
 from tpt_jax import topologies
@@ -100,6 +102,10 @@ class Assumptions:
       static sampler runs a batch until its longest row stops, and among
       hundreds of rows one reaches the cap).
     keep_fraction: share of the samples that pruning keeps for training.
+    slot_utilization: continuous engine: share of slot-steps that make a
+      token of a row (0.92 measured by `scripts/bench_sampler.py
+      --workload=real_lengths`); its decode steps are rows x
+      `completion_tokens` / (slots x this).
     prompt_bucket: prompt bucket the sampling programs are compiled for;
       0: the largest configured one (the worst case a batch can hit).
   """
@@ -107,6 +113,7 @@ class Assumptions:
   completion_tokens: int = 183
   decode_steps: int = 0
   keep_fraction: float = 0.5
+  slot_utilization: float = 0.9
   prompt_bucket: int = 0
 
 
@@ -278,12 +285,41 @@ def _decode_one_step(params, tokens, positions, cache, attention_mask, *,
   return jnp.argmax(out.logits[:, 0], axis=-1), out.cache
 
 
+def uses_continuous_engine(config: ml_collections.ConfigDict,
+                           model: models.Model) -> bool:
+  """Whether a run samples with the continuous engine (as
+  `engines.make_sampler` decides: configured, and the family has a paged
+  decode path)."""
+  if config.sampling.engine != 'continuous':
+    return False
+  try:
+    decode_models.decoder_for(model)
+  except ValueError:
+    return False
+  return True
+
+
+def continuous_programs(model: models.Model, mesh: Mesh,
+                        settings: sampling.SamplingSettings, *, prefix: str,
+                        prompt_bucket: int) -> list[Program]:
+  """The continuous engine's prefill (one chunk of prompts), decode call and
+  one decode step over the whole page pool (its per-step cost)."""
+  programs = sampling_continuous.abstract_programs(
+      model, mesh, settings, prompt_bucket=prompt_bucket)
+  note = ('continuous engine: slots refilled as rows end; each step reads '
+          'the whole page pool (config.sampling.cache_tokens_per_slot)')
+  return [Program(name=f'{prefix}_{kind}', kind=kind, fn=program.fn,
+                  args=program.args, arg_groups=program.arg_groups,
+                  notes=(note,) if kind == 'decode_step' else ())
+          for kind, program in programs.items()]
+
+
 def sampling_programs(model: models.Model, mesh: Mesh,
                       settings: sampling.SamplingSettings, *, prefix: str,
                       prompt_bucket: int, num_problems: int
                       ) -> list[Program]:
-  """Prefill and decode of one sampling batch, and one decode step over the
-  full cache (the decode's per-step cost)."""
+  """The static engine's prefill and decode of one sampling batch, and one
+  decode step over the full cache (the decode's per-step cost)."""
   (prefill, prefill_args), (decode, decode_args) = (
       sampling.abstract_batch_programs(model, mesh, settings,
                                        prompt_bucket=prompt_bucket,
@@ -390,7 +426,7 @@ def build_programs(config: ml_collections.ConfigDict, mesh: Mesh, *,
   if 'train' in groups:
     programs.append(train_program(config, mesh))
   model = models.build_model(config.model)
-  num_train, num_test = problem_counts(config)
+  continuous = uses_continuous_engine(config, model)
   row_multiple = math.prod(
       mesh.shape[a] for a in sharding_lib.LOGICAL_AXIS_RULES['batch'])
   served_by: dict[str, str] = {}
@@ -400,9 +436,13 @@ def build_programs(config: ml_collections.ConfigDict, mesh: Mesh, *,
     key = _spec_key(settings, num_problems, row_multiple) + (bucket,)
     if key not in seen:
       seen[key] = prefix
-      programs += sampling_programs(model, mesh, settings, prefix=prefix,
-                                    prompt_bucket=bucket,
-                                    num_problems=num_problems)
+      if continuous:
+        programs += continuous_programs(model, mesh, settings, prefix=prefix,
+                                        prompt_bucket=bucket)
+      else:
+        programs += sampling_programs(model, mesh, settings, prefix=prefix,
+                                      prompt_bucket=bucket,
+                                      num_problems=num_problems)
     served_by[prefix] = seen[key]
   return programs, served_by
 
@@ -519,7 +559,8 @@ def _mean_decode_step_seconds(step: ProgramReport, prompt_bucket: int,
 def estimate_round(config: ml_collections.ConfigDict,
                    reports: Sequence[ProgramReport],
                    served_by: dict[str, str], assumptions: Assumptions,
-                   mesh: Mesh) -> RoundEstimate | None:
+                   mesh: Mesh, *, continuous: bool = False
+                   ) -> RoundEstimate | None:
   """One round: Think over the train problems, Train on the kept samples,
   Evaluate on the test problems, from the compiled programs' step times;
   None unless each program it needs compiled (fitting or not)."""
@@ -539,6 +580,12 @@ def estimate_round(config: ml_collections.ConfigDict,
     prefix = served_by[name]
     prefill = by_name[f'{prefix}_prefill']
     step = by_name[f'{prefix}_decode_step']
+    if continuous:
+      seconds, line = _continuous_stage_seconds(
+          settings, num_problems, prefill, step, assumptions, row_multiple)
+      seconds_by_stage[name] = seconds
+      lines.append(f'{name}: {line}')
+      continue
     rows, _ = sampling_utils.batch_shape(
         num_problems, settings.num_samples_per_problem, settings.batch_size,
         row_multiple)
@@ -583,19 +630,47 @@ def estimate_round(config: ml_collections.ConfigDict,
   train_seconds = steps * train_report.seconds
   lines.insert(1, f'train: {steps} steps ({how}) x '
                   f'{train_report.seconds:.3f} s = {_duration(train_seconds)}')
+  if continuous:
+    decode = (f'the continuous engine keeps {assumptions.slot_utilization:.0%}'
+              ' of its slot-steps busy with rows of that mean length')
+  elif assumptions.decode_steps:
+    decode = f'decode runs {assumptions.decode_steps} steps per batch'
+  else:
+    decode = ('decode runs max_new_tokens steps per batch (a batch ends with '
+              'its longest row)')
   lines.append(
-      f'assumed: prompts of {assumptions.prompt_tokens} tokens, kept '
-      f'completions of {assumptions.completion_tokens} tokens; decode runs '
-      + (f'{assumptions.decode_steps} steps per batch'
-         if assumptions.decode_steps else
-         'max_new_tokens steps per batch (a batch ends with its longest row)')
-      + '; prefill at the compiled prompt bucket; compile, verification, '
+      f'assumed: prompts of {assumptions.prompt_tokens} tokens, '
+      f'completions of {assumptions.completion_tokens} tokens; {decode}; '
+      'prefill at the compiled prompt bucket; compile, verification, '
       'checkpointing and host time not included')
   return RoundEstimate(
       think_seconds=seconds_by_stage['think'], train_seconds=train_seconds,
       eval_seconds=sum(v for k, v in seconds_by_stage.items()
                        if k != 'think'),
       assumptions=tuple(lines))
+
+
+def _continuous_stage_seconds(settings: sampling.SamplingSettings,
+                              num_problems: int, prefill: ProgramReport,
+                              step: ProgramReport, assumptions: Assumptions,
+                              row_multiple: int) -> tuple[float, str]:
+  """A sampling stage on the continuous engine: each problem prefilled once
+  (in chunks), then slot-steps enough for every row's mean length."""
+  spec = sampling_continuous.decode_spec(
+      settings, num_shards=row_multiple,
+      prompt_bucket=settings.prompt_length_buckets[-1])
+  rows = num_problems * settings.num_samples_per_problem
+  mean_tokens = min(assumptions.completion_tokens, settings.max_new_tokens)
+  steps = math.ceil(rows * mean_tokens /
+                    (spec.num_slots * assumptions.slot_utilization))
+  chunk = sampling_continuous.prefill_rows_per_call(row_multiple)
+  prefills = math.ceil(num_problems / chunk)
+  seconds = prefills * prefill.seconds + steps * step.seconds
+  return seconds, (
+      f'{num_problems} problems x {settings.num_samples_per_problem} samples'
+      f' = {rows} rows on {spec.num_slots} slots; {prefills} prefills of '
+      f'{chunk} prompts ({prefill.seconds:.3f} s) + {steps} decode steps '
+      f'({step.seconds * 1e3:.2f} ms) = {_duration(seconds)}')
 
 
 # --- the plan -----------------------------------------------------------------
@@ -623,8 +698,10 @@ def make_plan(config: ml_collections.ConfigDict, topology_name: str, *,
       print(f'compiling {program.name} for {topology.name} ...',
             file=progress, flush=True)
     reports.append(compile_program(program, topology))
-  estimate = None
-  estimate = estimate_round(config, reports, served_by, assumptions, mesh)
+  estimate = estimate_round(
+      config, reports, served_by, assumptions, mesh,
+      continuous=uses_continuous_engine(config,
+                                        models.build_model(config.model)))
   return Plan(topology=topology, mesh_shape=dict(mesh.shape),
               reports=tuple(reports), round_estimate=estimate)
 

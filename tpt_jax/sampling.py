@@ -607,6 +607,52 @@ def _decode(params: models.Params, state: _DecodeState,
   return state
 
 
+def abstract_rows(mesh: Mesh, shape: tuple[int, ...], dtype: Any
+                  ) -> jax.ShapeDtypeStruct:
+  """An abstract per-row array, split over the mesh's batch axes."""
+  return jax.ShapeDtypeStruct(
+      shape, dtype, sharding=sharding_lib.batch_sharding(mesh, len(shape)))
+
+
+def abstract_params(model: models.Model, mesh: Mesh) -> models.Params:
+  """The model's params as the samplers hold them (compute dtype, sharded by
+  `sharding.param_shardings`), abstract."""
+  params = models.cast(model.abstract_params(), model.compute_dtype)
+  shardings = sharding_lib.param_shardings(
+      params, mesh,
+      transpose_gating_einsum=model.config.transpose_gating_einsum)
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      params, shardings)
+
+
+def abstract_sampling_params(model: models.Model, mesh: Mesh,
+                             settings: SamplingSettings) -> _SamplingParams:
+  """`_SamplingParams` of `settings` (seed, temperature, end ids, stop-string
+  tables), abstract and replicated."""
+  num_stop_strings = len(settings.stop_strings)
+  stop_states = max((len(s.encode('utf-8')) for s in settings.stop_strings),
+                    default=0) + 1  # As `stop_string_tables` builds it.
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def table(shape, dtype):
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+
+  stop_dtype = jnp.uint8 if stop_states <= 256 else jnp.int32
+  return _SamplingParams(
+      seed=table((), jnp.uint32),
+      temperature=table((), jnp.float32),
+      top_p=table((), jnp.float32),
+      eos_token_ids=table((len(_padded_ids(settings.eos_token_ids)),),
+                          jnp.int32),
+      stop_token_ids=table((len(_padded_ids(settings.stop_token_ids)),),
+                           jnp.int32),
+      stop_table=table(
+          (num_stop_strings, 1 if not num_stop_strings else stop_states,
+           model.config.num_embed), stop_dtype),
+      stop_match_state=table((num_stop_strings,), jnp.int32))
+
+
 def abstract_batch_programs(model: models.Model, mesh: Mesh,
                             settings: SamplingSettings, *, prompt_bucket: int,
                             num_problems: int
@@ -628,8 +674,6 @@ def abstract_batch_programs(model: models.Model, mesh: Mesh,
       num_problems, settings.num_samples_per_problem, settings.batch_size,
       row_multiple)
   num_stop_strings = len(settings.stop_strings)
-  stop_states = max((len(s.encode('utf-8')) for s in settings.stop_strings),
-                    default=0) + 1  # As `stop_string_tables` builds it.
   spec = _ProgramSpec(
       prompt_bucket=prompt_bucket, max_new_tokens=settings.max_new_tokens,
       num_rows=num_rows, num_prefill_rows=num_prefill_rows,
@@ -640,21 +684,8 @@ def abstract_batch_programs(model: models.Model, mesh: Mesh,
       num_stop_strings=num_stop_strings,
       num_cache_segments=settings.max_cache_segments)
   replicated = NamedSharding(mesh, PartitionSpec())
-
-  def rows(shape, dtype):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding_lib.
-                                batch_sharding(mesh, len(shape)))
-
-  def scalar_or_table(shape, dtype):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
-
-  abstract_params = models.cast(model.abstract_params(), model.compute_dtype)
-  param_shardings = sharding_lib.param_shardings(
-      abstract_params, mesh,
-      transpose_gating_einsum=model.config.transpose_gating_einsum)
-  params = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_params, param_shardings)
+  rows = functools.partial(abstract_rows, mesh)
+  params = abstract_params(model, mesh)
   inputs = _PrefillInputs(
       prompt_tokens=rows((num_prefill_rows, prompt_bucket), jnp.int32),
       prompt_lengths=rows((num_prefill_rows,), jnp.int32),
@@ -663,18 +694,7 @@ def abstract_batch_programs(model: models.Model, mesh: Mesh,
       row_sample=rows((num_rows,), jnp.uint32),
       row_active=rows((num_rows,), jnp.bool_),
       row_limit=rows((num_rows,), jnp.int32))
-  vocab_size = model.config.num_embed
-  stop_dtype = jnp.uint8 if stop_states <= 256 else jnp.int32
-  sampling_params = _SamplingParams(
-      seed=scalar_or_table((), jnp.uint32),
-      temperature=scalar_or_table((), jnp.float32),
-      top_p=scalar_or_table((), jnp.float32),
-      eos_token_ids=scalar_or_table((spec.num_eos_slots,), jnp.int32),
-      stop_token_ids=scalar_or_table((spec.num_stop_slots,), jnp.int32),
-      stop_table=scalar_or_table(
-          (num_stop_strings, 1 if not num_stop_strings else stop_states,
-           vocab_size), stop_dtype),
-      stop_match_state=scalar_or_table((num_stop_strings,), jnp.int32))
+  sampling_params = abstract_sampling_params(model, mesh, settings)
   common = dict(model=model, spec=spec, shardings=_Shardings(mesh))
   prefill = jax.jit(functools.partial(_prefill, **common))
   decode = jax.jit(functools.partial(_decode, **common))

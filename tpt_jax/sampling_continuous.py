@@ -123,13 +123,16 @@ class _Shardings:
         x, sharding_lib.batch_sharding(self.mesh, x.ndim) if x.ndim else
         NamedSharding(self.mesh, PartitionSpec())), tree)
 
+  def pool_sharding(self, shape: tuple[int, ...]) -> NamedSharding:
+    """Pages over (data, fsdp), KV heads over tensor."""
+    return NamedSharding(self.mesh, sharding_lib.logical_to_spec(
+        (None, 'batch', None, 'kv_heads', None), shape, self.mesh,
+        name='paged_kv'))
+
   def pool(self, kv: paged_kv.PagedKV) -> paged_kv.PagedKV:
     if self.mesh is None:
       return kv
-    spec = sharding_lib.logical_to_spec(
-        (None, 'batch', None, 'kv_heads', None), kv.k.shape, self.mesh,
-        name='paged_kv')
-    sharding = NamedSharding(self.mesh, spec)
+    sharding = self.pool_sharding(kv.k.shape)
     return jax.tree.map(
         lambda x: jax.lax.with_sharding_constraint(x, sharding), kv)
 
@@ -253,6 +256,147 @@ def _decode_call(params: models.Params, kv: paged_kv.PagedKV, slots: _Slots,
 
   kv, slots, out = jax.lax.while_loop(keep_going, step, (kv, slots, out))
   return kv, slots, out
+
+
+def decode_spec(settings: sampling.SamplingSettings, *, num_shards: int,
+                prompt_bucket: int) -> _DecodeSpec:
+  """The decode call's static shape for `settings` on `num_shards` slot
+  shards, with prompts up to `prompt_bucket` tokens."""
+  num_slots = -(-settings.batch_size // num_shards) * num_shards
+  page_size = settings.page_size
+  # A row feeds positions up to prompt + limit - 2.
+  max_pages_per_slot = -(-(prompt_bucket + settings.max_new_tokens - 1)
+                         // page_size)
+  slots_per_shard = num_slots // num_shards
+  pages_per_shard = max(
+      -(-slots_per_shard * settings.cache_tokens_per_slot // page_size),
+      max_pages_per_slot)
+  return _DecodeSpec(
+      num_slots=num_slots,
+      num_pages=pages_per_shard * num_shards,
+      page_size=page_size,
+      max_pages_per_slot=max_pages_per_slot,
+      steps_per_call=settings.steps_per_call,
+      greedy=settings.greedy,
+      top_k=0 if settings.greedy else settings.top_k,
+      use_top_p=not settings.greedy and settings.top_p < 1,
+      num_stop_strings=len(settings.stop_strings))
+
+
+def prefill_rows_per_call(num_shards: int) -> int:
+  """Prompts per prefill program: `_PREFILL_ROWS`, rounded up to fill every
+  slot shard."""
+  return -(-_PREFILL_ROWS // num_shards) * num_shards
+
+
+def _initial_state(*, decoder: decode_models.PagedDecoder, spec: _DecodeSpec,
+                   shardings: _Shardings) -> tuple[paged_kv.PagedKV, _Slots]:
+  """An empty page pool and idle slots."""
+  kv = paged_kv.init_paged_kv(
+      num_layers=decoder.num_layers, num_pages=spec.num_pages,
+      page_size=spec.page_size, num_kv_heads=decoder.num_kv_heads,
+      head_dim=decoder.head_dim, dtype=decoder.dtype)
+  num_slots = spec.num_slots
+  zeros = jnp.zeros((num_slots,), jnp.int32)
+  key_data = jax.random.key_data(jax.random.key(0))
+  slots = _Slots(
+      tokens=zeros, positions=zeros, steps=zeros, limits=zeros + 1,
+      key_data=jnp.zeros((num_slots, *key_data.shape), key_data.dtype),
+      finish=zeros + _IDLE,
+      stop_states=jnp.zeros((num_slots, spec.num_stop_strings), jnp.int32))
+  return shardings.pool(kv), shardings.rows(slots)
+
+
+def _decode_step_call(params: models.Params, kv: paged_kv.PagedKV,
+                      tokens: jax.Array, page_table: jax.Array,
+                      positions: jax.Array, *,
+                      decoder: decode_models.PagedDecoder, spec: _DecodeSpec,
+                      shardings: _Shardings
+                      ) -> tuple[jax.Array, paged_kv.PagedKV]:
+  """One decode step of every slot, greedy: the body of `_decode_call`'s
+  loop without its bookkeeping (for `tpt_jax.plan`'s per-step cost)."""
+  layout = paged_kv.page_layout(page_table, positions,
+                                jnp.ones(positions.shape, jnp.bool_),
+                                num_pages=spec.num_pages,
+                                page_size=spec.page_size)
+  logits, kv = decoder.decode_step(params, tokens, kv, layout)
+  return shardings.rows(jnp.argmax(logits, axis=-1)), shardings.pool(kv)
+
+
+@dataclasses.dataclass(frozen=True)
+class AbstractProgram:
+  """A jitted program of the engine and its abstract, sharded arguments."""
+  fn: Any
+  args: tuple[Any, ...]
+  arg_groups: dict[str, Any]
+
+
+def abstract_programs(model: models.Model, mesh: Mesh,
+                      settings: sampling.SamplingSettings, *,
+                      prompt_bucket: int) -> dict[str, AbstractProgram]:
+  """The engine's device programs for `settings`, with abstract inputs.
+
+  For compiling ahead of time (`tpt_jax.plan`); nothing is allocated:
+    'prefill'      one chunk of prompts of `prompt_bucket` tokens into pages;
+    'decode'       one device call (admission, up to `steps_per_call` steps);
+    'decode_step'  one step of every slot over the whole page pool (the
+                   paged attention reads every page each step).
+
+  Raises:
+    ValueError: a model family without a paged decode path.
+  """
+  decoder = decode_models.decoder_for(model)
+  shardings = _Shardings(mesh)
+  num_shards = sharding_lib.num_batch_devices(mesh)
+  spec = decode_spec(settings, num_shards=num_shards,
+                     prompt_bucket=prompt_bucket)
+  rows = functools.partial(sampling.abstract_rows, mesh)
+  params = sampling.abstract_params(model, mesh)
+  kv_sharding = shardings.pool_sharding(
+      (decoder.num_layers, spec.num_pages, spec.page_size,
+       decoder.num_kv_heads, decoder.head_dim))
+  kv, slots = jax.eval_shape(functools.partial(
+      _initial_state, decoder=decoder, spec=spec, shardings=shardings))
+  kv = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=kv_sharding), kv)
+  slots = jax.tree.map(lambda x: rows(x.shape, x.dtype), slots)
+  num_slots = spec.num_slots
+  page_table = rows((num_slots, spec.max_pages_per_slot), jnp.int32)
+  admission = _Admission(
+      admit=rows((num_slots,), jnp.bool_), tokens=rows((num_slots,), jnp.int32),
+      positions=rows((num_slots,), jnp.int32),
+      limits=rows((num_slots,), jnp.int32),
+      problem_keys=rows((num_slots,), jnp.uint32),
+      samples=rows((num_slots,), jnp.uint32),
+      release=rows((num_slots,), jnp.bool_))
+  refill_at = jax.ShapeDtypeStruct((), jnp.int32,
+                                   sharding=NamedSharding(mesh, PartitionSpec()))
+  sampling_params = sampling.abstract_sampling_params(model, mesh, settings)
+  prefill_rows = prefill_rows_per_call(num_shards)
+  pool_name = (f'KV pool ({spec.num_pages} pages x {spec.page_size} tokens)')
+  common = dict(decoder=decoder, shardings=shardings)
+  return {
+      'prefill': AbstractProgram(
+          fn=jax.jit(functools.partial(_prefill_call, **common),
+                     donate_argnums=(1,)),
+          args=(params, kv, rows((prefill_rows, prompt_bucket), jnp.int32),
+                rows((prefill_rows,), jnp.int32),
+                rows((prefill_rows, -(-prompt_bucket // spec.page_size)),
+                     jnp.int32)),
+          arg_groups={'params': params, pool_name: kv}),
+      'decode': AbstractProgram(
+          fn=jax.jit(functools.partial(_decode_call, spec=spec, **common),
+                     donate_argnums=(1, 2)),
+          args=(params, kv, slots, page_table, admission, refill_at,
+                sampling_params),
+          arg_groups={'params': params, pool_name: kv}),
+      'decode_step': AbstractProgram(
+          fn=jax.jit(functools.partial(_decode_step_call, spec=spec, **common),
+                     donate_argnums=(1,)),
+          args=(params, kv, rows((num_slots,), jnp.int32), page_table,
+                rows((num_slots,), jnp.int32)),
+          arg_groups={'params': params, pool_name: kv}),
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -380,50 +524,16 @@ class ContinuousSampler(sampling.Sampler):
 
   def _spec(self, settings: sampling.SamplingSettings,
             prompt_tokens: list[np.ndarray]) -> _DecodeSpec:
-    num_shards = self._row_multiple
-    num_slots = -(-settings.batch_size // num_shards) * num_shards
-    page_size = settings.page_size
     longest_prompt = sampling_utils.bucket_for_length(
         max(len(t) for t in prompt_tokens), settings.prompt_length_buckets)
-    # A row feeds positions up to prompt + limit - 2.
-    max_pages_per_slot = -(-(longest_prompt + settings.max_new_tokens - 1)
-                           // page_size)
-    slots_per_shard = num_slots // num_shards
-    pages_per_shard = max(
-        -(-slots_per_shard * settings.cache_tokens_per_slot // page_size),
-        max_pages_per_slot)
-    return _DecodeSpec(
-        num_slots=num_slots,
-        num_pages=pages_per_shard * num_shards,
-        page_size=page_size,
-        max_pages_per_slot=max_pages_per_slot,
-        steps_per_call=settings.steps_per_call,
-        greedy=settings.greedy,
-        top_k=0 if settings.greedy else settings.top_k,
-        use_top_p=not settings.greedy and settings.top_p < 1,
-        num_stop_strings=len(settings.stop_strings))
+    return decode_spec(settings, num_shards=self._row_multiple,
+                       prompt_bucket=longest_prompt)
 
   def _initial_state(self, spec: _DecodeSpec
                      ) -> tuple[paged_kv.PagedKV, _Slots]:
-    decoder = self._decoder
-    shardings = self._continuous_shardings
-
-    def build():
-      kv = paged_kv.init_paged_kv(
-          num_layers=decoder.num_layers, num_pages=spec.num_pages,
-          page_size=spec.page_size, num_kv_heads=decoder.num_kv_heads,
-          head_dim=decoder.head_dim, dtype=decoder.dtype)
-      num_slots = spec.num_slots
-      zeros = jnp.zeros((num_slots,), jnp.int32)
-      key_data = jax.random.key_data(jax.random.key(0))
-      slots = _Slots(
-          tokens=zeros, positions=zeros, steps=zeros, limits=zeros + 1,
-          key_data=jnp.zeros((num_slots, *key_data.shape), key_data.dtype),
-          finish=zeros + _IDLE,
-          stop_states=jnp.zeros((num_slots, spec.num_stop_strings),
-                                jnp.int32))
-      return shardings.pool(kv), shardings.rows(slots)
-    return self._program('init', spec, build, donate=())()
+    return self._program('init', spec, functools.partial(
+        _initial_state, decoder=self._decoder, spec=spec,
+        shardings=self._continuous_shardings), donate=())()
 
   def _sampling_params(self, settings: sampling.SamplingSettings
                        ) -> sampling._SamplingParams:  # pylint: disable=protected-access
@@ -536,7 +646,7 @@ class ContinuousSampler(sampling.Sampler):
         bucket = sampling_utils.bucket_for_length(
             len(prompt_tokens[problem]) - 1, settings.prompt_length_buckets)
         by_bucket[bucket].append((problem, pages))
-    num_rows = -(-_PREFILL_ROWS // self._row_multiple) * self._row_multiple
+    num_rows = prefill_rows_per_call(self._row_multiple)
     for length, todo in sorted(by_bucket.items()):
       max_pages = -(-length // spec.page_size)
       program = self._prefill_program((num_rows, length))
