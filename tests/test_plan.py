@@ -17,6 +17,7 @@ from tpt_jax import config as config_lib
 from tpt_jax import models
 from tpt_jax import plan
 from tpt_jax import sampling
+from tpt_jax import sampling_continuous
 from tpt_jax import sharding as sharding_lib
 from tpt_jax import topologies
 from conftest import REPO_ROOT
@@ -65,6 +66,9 @@ def test_tiny_plan_fits_and_prints_the_sharded_param_bytes():
     assert re.search(rf'^{name}: fits, ', out, re.M), (name, out)
   assert 'All 7 programs fit on v5e-4.' in out
   assert 'Round estimate: ' in out and 'est. MFU (model FLOPs): ' in out
+  # The default engine (continuous) is the one planned: its pool, its
+  # round estimate (16 problems x 2 samples on 32 slots).
+  assert 'KV pool (' in out and '32 rows on 32 slots' in out
 
   # By hand: gemma2_tiny (vocab 512, embed 64, mlp 128, 4 heads and 2 kv
   # heads of 16, 4 layers) with f32 master weights. `embed` is split over
@@ -188,3 +192,38 @@ def test_planned_sampling_programs_are_the_ones_the_sampler_runs():
           prefill.lower(*prefill_args).as_text())
   assert (real_decode.lower(*decode_args).as_text() ==
           decode.lower(*decode_args).as_text())
+
+
+def test_planned_continuous_programs_are_the_ones_the_engine_runs():
+  # As above for the continuous engine: its decode call and prefill, built
+  # by a real (CPU) run, lower to the plan's programs for the plan's
+  # abstract arguments.
+  config = tiny_config()
+  config.sampling.engine = 'continuous'
+  config.sampling.top_p = 0.9
+  config.mesh.shape = (2, 2, 1)
+  model = models.build_model(config.model)
+  mesh = sharding_lib.make_mesh(config.mesh, devices=jax.devices()[:4])
+  settings = dataclasses.replace(plan.think_settings(config),
+                                 prompt_length_buckets=(16,))
+  programs = sampling_continuous.abstract_programs(model, mesh, settings,
+                                                   prompt_bucket=16)
+  assert set(programs) == {'prefill', 'decode', 'decode_step'}
+  params = model.init_params(jax.random.key(0))
+  sampler = sampling_continuous.ContinuousSampler(model, params, mesh=mesh)
+  # Prompts of 14..16 tokens: prefills of 13..15 fall in the 16 bucket,
+  # the decode's page table covers a 16-token bucket.
+  prompts = [[2] + [3 + (i + j) % 50 for j in range(13 + i % 3)]
+             for i in range(config.task.num_train_problems)]
+  sampler.sample_all(prompts, settings, show_progress=False)
+  real = {name: fn for (name, _), fn in sampler._jitted.items()}  # pylint: disable=protected-access
+  for name in ('decode', 'prefill'):
+    args = programs[name].args
+    assert (real[name].lower(*args).as_text() ==
+            programs[name].fn.lower(*args).as_text()), name
+  # The pool the plan reports is the one the engine allocates.
+  spec = sampling_continuous.decode_spec(settings, num_shards=4,
+                                         prompt_bucket=16)
+  pool = programs['decode_step'].args[1]
+  assert pool.k.shape[1] == spec.num_pages == 4 * -(
+      -(32 // 4) * config.sampling.cache_tokens_per_slot // 16)
