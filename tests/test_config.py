@@ -66,6 +66,10 @@ def test_paper_config_files_use_the_recipe(name):
      "config.eval.graders: 'strictest' is not a grader of task demo"),
     ('verify.grader', 'paper_strict',
      "config.verify.grader: 'paper_strict' is not a grader of task demo"),
+    ('mesh.sampling_shape', (-1, -1, 1),
+     'config.mesh.sampling_shape=(-1, -1, 1): sizes must be positive'),
+    ('mesh.sampling_shape', (8, 1),
+     'config.mesh.sampling_shape=(8, 1) must have 3 entries'),
 ])
 def test_values_are_checked_before_any_work(field, value, message):
   config = config_lib.base_config()

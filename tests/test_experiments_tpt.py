@@ -120,6 +120,35 @@ def test_killed_at_every_stage_then_rerun_gives_identical_outputs(
   assert _outputs(workdir) == _outputs(reference_dir)
 
 
+
+def test_sampling_on_its_own_mesh_gives_the_same_run(uninterrupted,
+                                                     config_file, run_main,
+                                                     tmp_path):
+  # Think and Evaluate on `mesh.sampling_shape` (data=2: params replicated,
+  # slots split) while training keeps fsdp=2: every trace, verdict, dataset
+  # and metric is the run's own; log-probs agree to float rounding (the
+  # params' dot products are summed in another order when not split).
+  reference_dir, _ = uninterrupted
+  workdir = tmp_path / 'sampling_mesh'
+  result = run_main(config_file, workdir,
+                    extra=['--config.mesh.sampling_shape=(2,1,1)'])
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary, datasets, shards = _outputs(workdir)
+  reference_summary, reference_datasets, reference_shards = _outputs(
+      reference_dir)
+  assert datasets == reference_datasets
+  assert [r['metrics'] for r in summary['rounds']] == [
+      r['metrics'] for r in reference_summary['rounds']]
+  assert shards.keys() == reference_shards.keys()
+  for name, shard in shards.items():
+    for record, reference in zip(shard['records'],
+                                 reference_shards[name]['records'],
+                                 strict=True):
+      assert record.pop('logprob_sum') == pytest.approx(
+          reference.pop('logprob_sum'), abs=1e-4), name
+      assert record == reference, name
+
+
 def test_a_changed_config_of_a_started_workdir_is_refused(
     uninterrupted, config_file, run_main):
   workdir, _ = uninterrupted

@@ -42,6 +42,21 @@ def test_bad_mesh_shape_is_named(shape, message):
     sharding.make_mesh(_config(shape).mesh)
 
 
+
+def test_the_sampling_mesh_is_its_own_shape_over_the_same_devices():
+  config = _config((1, -1, 1))
+  assert sharding.make_sampling_mesh(config.mesh).shape == (
+      sharding.make_mesh(config.mesh).shape)  # Unset: the training mesh.
+  config.mesh.sampling_shape = (-1, 1, 2)
+  mesh = sharding.make_sampling_mesh(config.mesh)
+  assert tuple(mesh.shape.values()) == (4, 1, 2)
+  assert set(mesh.devices.flat) == set(jax.devices())
+  config.mesh.sampling_shape = (3, -1, 1)
+  with pytest.raises(ValueError, match=re.escape(
+      'config.mesh.sampling_shape=(3, -1, 1): 8 devices do not divide')):
+    sharding.make_sampling_mesh(config.mesh)
+
+
 def test_every_param_gets_the_spec_of_the_table():
   config = _config((2, 2, 2))
   model = models.build_model(config.model)

@@ -99,6 +99,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict()
   # Sizes of the (data, fsdp, tensor) axes; one -1 takes what is left.
   config.mesh.shape = (1, -1, 1)
+  # The mesh Think and Evaluate sample on, over the same devices; None: the
+  # one above. A decode step reads all the params it is given, so params
+  # split over fsdp are all-gathered at every step: a model that fits one
+  # chip samples fastest replicated, (-1, 1, 1) (slots split over all
+  # chips); a larger one adds a tensor axis, e.g. (-1, 1, 4). `tpt_jax.plan`
+  # compiles the sampling programs on this mesh.
+  config.mesh.sampling_shape = optional(tuple)
   # Call jax.distributed.initialize() (multi-host): 'on', 'off', or 'auto'
   # (when the environment says this is one process of several:
   # JAX_COORDINATOR_ADDRESS, a multi-host TPU slice, a SLURM job).
@@ -226,16 +233,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, 'model.param_dtype', DTYPES)
   _check_choice(config, 'model.compute_dtype', DTYPES)
   _check_choice(config, 'checkpoint.format', CHECKPOINT_FORMATS)
-  shape = tuple(config.mesh.shape)
-  if len(shape) != len(MESH_AXES):
-    raise ConfigError(
-        f'config.mesh.shape={shape} must have {len(MESH_AXES)} entries, one '
-        f'per axis {MESH_AXES}.')
-  if sum(1 for s in shape if s == -1) > 1 or any(
-      s == 0 or s < -1 for s in shape):
-    raise ConfigError(
-        f'config.mesh.shape={shape}: sizes must be positive, with at most one '
-        '-1 to take the remaining devices.')
+  for field in ('shape', 'sampling_shape'):
+    if config.mesh.get(field) is None and field == 'sampling_shape':
+      continue
+    shape = tuple(config.mesh[field])
+    if len(shape) != len(MESH_AXES):
+      raise ConfigError(
+          f'config.mesh.{field}={shape} must have {len(MESH_AXES)} entries, '
+          f'one per axis {MESH_AXES}.')
+    if sum(1 for s in shape if s == -1) > 1 or any(
+        s == 0 or s < -1 for s in shape):
+      raise ConfigError(
+          f'config.mesh.{field}={shape}: sizes must be positive, with at most '
+          'one -1 to take the remaining devices.')
   _check_choice(config, 'mesh.distributed', ('auto', 'on', 'off'))
   tasks.validate_config(config.task)
   tpt.validate_config(config)

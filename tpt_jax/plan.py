@@ -84,7 +84,7 @@ _ADVICE = {
     'sample': ('fewer rows (config.sampling.batch_size), a shorter cache '
                '(cap config.sampling.prompt_length_buckets at the longest '
                'prompt, or max_new_tokens), or shard kv heads over '
-               "config.mesh.shape's tensor axis"),
+               "config.mesh.sampling_shape's tensor axis"),
 }
 
 
@@ -215,6 +215,7 @@ class Plan:
   """Reports for every program of a config on a slice, and a round's time."""
   topology: topologies.Topology
   mesh_shape: dict[str, int]
+  sampling_mesh_shape: dict[str, int]
   reports: tuple[ProgramReport, ...]
   round_estimate: RoundEstimate | None
 
@@ -409,9 +410,10 @@ def _spec_key(settings: sampling.SamplingSettings, num_problems: int,
 
 def build_programs(config: ml_collections.ConfigDict, mesh: Mesh, *,
                    groups: Sequence[str] = PROGRAM_GROUPS,
-                   prompt_bucket: int = 0
+                   prompt_bucket: int = 0, sampling_mesh: Mesh | None = None
                    ) -> tuple[list[Program], dict[str, str]]:
-  """The config's programs (by group: 'train', 'think', 'eval').
+  """The config's programs (by group: 'train', 'think', 'eval'): training
+  on `mesh`, sampling on `sampling_mesh` (default `mesh`).
 
   Returns:
     The programs, and for each sampling stage ('think', 'eval',
@@ -427,8 +429,8 @@ def build_programs(config: ml_collections.ConfigDict, mesh: Mesh, *,
     programs.append(train_program(config, mesh))
   model = models.build_model(config.model)
   continuous = uses_continuous_engine(config, model)
-  row_multiple = math.prod(
-      mesh.shape[a] for a in sharding_lib.LOGICAL_AXIS_RULES['batch'])
+  mesh = sampling_mesh or mesh
+  row_multiple = sharding_lib.num_batch_devices(mesh)
   served_by: dict[str, str] = {}
   seen: dict[tuple[Any, ...], str] = {}
   for prefix, settings, num_problems in sampling_stages(config, groups):
@@ -559,11 +561,12 @@ def _mean_decode_step_seconds(step: ProgramReport, prompt_bucket: int,
 def estimate_round(config: ml_collections.ConfigDict,
                    reports: Sequence[ProgramReport],
                    served_by: dict[str, str], assumptions: Assumptions,
-                   mesh: Mesh, *, continuous: bool = False
+                   sampling_mesh: Mesh, *, continuous: bool = False
                    ) -> RoundEstimate | None:
   """One round: Think over the train problems, Train on the kept samples,
-  Evaluate on the test problems, from the compiled programs' step times;
-  None unless each program it needs compiled (fitting or not)."""
+  Evaluate on the test problems, from the compiled programs' step times
+  (sampling on `sampling_mesh`); None unless each program it needs compiled
+  (fitting or not)."""
   by_name = {r.name: r for r in reports if r.seconds > 0}
   needed = ['train_step'] + [
       f'{served_by.get(stage, "-")}_{kind}'
@@ -571,8 +574,7 @@ def estimate_round(config: ml_collections.ConfigDict,
       for kind in ('prefill', 'decode_step')]
   if any(name not in by_name for name in needed):
     return None  # Not compiled (a group left out, or over HBM).
-  row_multiple = math.prod(
-      mesh.shape[a] for a in sharding_lib.LOGICAL_AXIS_RULES['batch'])
+  row_multiple = sharding_lib.num_batch_devices(sampling_mesh)
   lines = []
   seconds_by_stage = {}
   for name, settings, num_problems in sampling_stages(config,
@@ -690,8 +692,10 @@ def make_plan(config: ml_collections.ConfigDict, topology_name: str, *,
   topology = topologies.get_topology(topology_name)
   devices = topologies.abstract_devices(topology)
   mesh = sharding_lib.make_mesh(config.mesh, devices=devices)
+  sampling_mesh = sharding_lib.make_sampling_mesh(config.mesh, devices=devices)
   programs, served_by = build_programs(
-      config, mesh, groups=groups, prompt_bucket=assumptions.prompt_bucket)
+      config, mesh, groups=groups, prompt_bucket=assumptions.prompt_bucket,
+      sampling_mesh=sampling_mesh)
   reports = []
   for program in programs:
     if progress is not None:
@@ -699,10 +703,11 @@ def make_plan(config: ml_collections.ConfigDict, topology_name: str, *,
             file=progress, flush=True)
     reports.append(compile_program(program, topology))
   estimate = estimate_round(
-      config, reports, served_by, assumptions, mesh,
+      config, reports, served_by, assumptions, sampling_mesh,
       continuous=uses_continuous_engine(config,
                                         models.build_model(config.model)))
   return Plan(topology=topology, mesh_shape=dict(mesh.shape),
+              sampling_mesh_shape=dict(sampling_mesh.shape),
               reports=tuple(reports), round_estimate=estimate)
 
 
@@ -725,7 +730,10 @@ def format_plan(plan: Plan) -> str:
       f'{topology.name} ({topology.libtpu_name}): {topology.num_chips} chips,'
       f' {_gib(chip.hbm_bytes)} HBM, {chip.peak_bf16_flops / 1e12:.0f} bf16 '
       f'TFLOP/s, {chip.hbm_bytes_per_s / 1e9:.0f} GB/s HBM per chip; mesh '
-      + ', '.join(f'{k}={v}' for k, v in plan.mesh_shape.items()), '']
+      + ', '.join(f'{k}={v}' for k, v in plan.mesh_shape.items())
+      + ('' if plan.sampling_mesh_shape == plan.mesh_shape else
+         '; sampling mesh ' + ', '.join(
+             f'{k}={v}' for k, v in plan.sampling_mesh_shape.items())), '']
   for r in plan.reports:
     status = 'fits' if r.fits else 'DOES NOT FIT'
     lines.append(f'{r.name}: {status}, {_gib(r.total_bytes)} of '

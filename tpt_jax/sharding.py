@@ -195,47 +195,65 @@ def maybe_initialize_distributed(mesh_config: ml_collections.ConfigDict,
   return jax.process_count() > 1
 
 
-def make_local_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
-  """The mesh over this process's own devices (`config.mesh.shape`, its -1
-  taking what is left here): where each host samples on its own."""
+def make_local_mesh(mesh_config: ml_collections.ConfigDict, *,
+                    field: str = 'shape') -> Mesh:
+  """The mesh over this process's own devices (`config.mesh.<field>`, its
+  -1 taking what is left here): where each host samples on its own."""
   try:
-    return make_mesh(mesh_config, jax.local_devices())
+    return make_mesh(mesh_config, jax.local_devices(), field=field)
   except ValueError as e:
     raise ValueError(
         f'{e} Each host samples on its own {jax.local_device_count()} '
-        'devices: config.mesh.shape must fit them too (use -1 for fsdp).'
-    ) from None
+        f'devices: config.mesh.{field} must fit them too (use -1 for one '
+        'axis).') from None
 
 
-def resolve_mesh_shape(shape: Sequence[int], num_devices: int
-                       ) -> tuple[int, ...]:
-  """Replaces the one -1 in `shape` so the product is `num_devices`."""
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int, *,
+                       name: str = 'config.mesh.shape') -> tuple[int, ...]:
+  """Replaces the one -1 in `shape` (the field `name`) so the product is
+  `num_devices`."""
   shape = tuple(int(s) for s in shape)
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if num_devices % known:
       raise ValueError(
-          f'config.mesh.shape={shape}: {num_devices} devices do not divide '
+          f'{name}={shape}: {num_devices} devices do not divide '
           f'into axes of fixed size {known}.')
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
   if int(np.prod(shape)) != num_devices:
     raise ValueError(
-        f'config.mesh.shape={shape} needs {int(np.prod(shape))} devices; '
+        f'{name}={shape} needs {int(np.prod(shape))} devices; '
         f'there are {num_devices}.')
   return shape
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """The (data, fsdp, tensor) mesh over all global devices (or `devices`)."""
+              devices: Sequence[jax.Device] | None = None, *,
+              field: str = 'shape') -> Mesh:
+  """The (data, fsdp, tensor) mesh of shape `config.mesh.<field>` over all
+  global devices (or `devices`)."""
   devices = list(jax.devices() if devices is None else devices)
-  shape = resolve_mesh_shape(mesh_config.shape, len(devices))
+  shape = resolve_mesh_shape(mesh_config[field], len(devices),
+                             name=f'config.mesh.{field}')
   try:
     device_array = mesh_utils.create_device_mesh(shape, devices=devices)
   except (ValueError, NotImplementedError, AssertionError):
     # Topology-aware placement is not known for every platform / subset.
     device_array = np.asarray(devices).reshape(shape)
   return Mesh(device_array, MESH_AXES)
+
+
+def make_sampling_mesh(mesh_config: ml_collections.ConfigDict,
+                       devices: Sequence[jax.Device] | None = None, *,
+                       local: bool = False) -> Mesh:
+  """The mesh Think and Evaluate sample on: `config.mesh.sampling_shape`
+  (`shape` when unset) over all global devices, or `devices`, or with
+  `local` this process's own (each host samples its own shards)."""
+  field = ('sampling_shape' if mesh_config.get('sampling_shape') is not None
+           else 'shape')
+  if local:
+    return make_local_mesh(mesh_config, field=field)
+  return make_mesh(mesh_config, devices, field=field)
 
 
 def _mesh_axes_size(mesh: Mesh, axes: str | tuple[str, ...] | None) -> int:

@@ -80,7 +80,8 @@ class RunContext:
   test_problems: list[Problem]
   exemplars: list[Problem]
   base_params: models.Params
-  # Where Think and Evaluate sample: `mesh` in one process; with several,
+  # Where Think and Evaluate sample (`config.mesh.sampling_shape`, else the
+  # training mesh's shape): over all devices in one process; with several,
   # each process samples its own shards on its own devices (no collective
   # per decode step), while training uses the global `mesh`.
   sampling_mesh: Mesh | None = None
@@ -178,8 +179,11 @@ def setup(config: ml_collections.ConfigDict,
         f'{len(test_problems)} test problems, {len(exemplars)} exemplars. '
         f'Model: {models.count_params(base_params) / 1e6:.2f}M params on mesh '
         f'{dict(mesh.shape)}.', flush=True)
-  sampling_mesh = (sharding_lib.make_local_mesh(config.mesh)
-                   if jax.process_count() > 1 else mesh)
+  if jax.process_count() > 1 or config.mesh.get('sampling_shape'):
+    sampling_mesh = sharding_lib.make_sampling_mesh(
+        config.mesh, local=jax.process_count() > 1)
+  else:
+    sampling_mesh = mesh
   return RunContext(config=config, workdir=workdir, mesh=mesh, model=model,
                     tokenizer=tokenizer, task=task,
                     train_problems=train_problems,
