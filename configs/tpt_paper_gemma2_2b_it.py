@@ -14,13 +14,13 @@ Recipe (`config_lib.set_tpt_paper`): zero-shot chat prompts asking for a
 `--config.task.instruction=...` or `--config.task.instruction_path=FILE`),
 4 samples per train problem at temperature 0.8 and up to 1,500 tokens; keep
 the first trace per problem that the authors' strict grader accepts, a
-seeded draw of 2,000 per round; full fine-tuning from the previous round at
+seeded draw of 2,000 per round and up to 200 more held out
+(`prune.num_heldout_examples`), whose loss after the round's training is
+reported as `heldout_loss`; full fine-tuning from the previous round at
 lr 1e-6 (cosine, 10% warm-up, 1 epoch, 2 x 4 accumulation, 1,600 tokens);
 evaluation on the authors' 500 test problems with 10 samples at temperature
 0.7, Pass@1 (mean over samples, with its standard error) and pass@10 by the
 strict (`/paper_strict`) and default (`/default`) graders side by side.
-Not implemented from the released code: the 200 examples it holds out per
-round for an evaluation loss.
 
 Measured: not run by us. The paper reports GSM8K Pass@1 41.9% -> 57.6% for
 Gemma2-2B and 82% for Gemma2-9B under its protocol.

@@ -7,8 +7,8 @@ Run (TPU v5e-16 / v4-16, or 8x 80 GB GPUs):
       --config.tokenizer.path=/ckpts/tokenizer.model --workdir=/tmp/tpt_paper_9b
 
 `checkpoint.path`: the instruction-tuned checkpoint (orbax or Hugging Face
-`google/gemma-2-9b-it`). The recipe (`config_lib.set_tpt_paper`) and what it
-does not reproduce: see configs/tpt_paper_gemma2_2b_it.py.
+`google/gemma-2-9b-it`). The recipe (`config_lib.set_tpt_paper`): see
+configs/tpt_paper_gemma2_2b_it.py.
 
 Measured: not run by us. The paper reports GSM8K Pass@1 41.9% -> 57.6% for
 Gemma2-2B and 82% for Gemma2-9B under its protocol.

@@ -30,6 +30,7 @@ def test_the_paper_recipe_is_the_released_protocol():
   assert c.verify.grader == 'paper_strict'
   assert c.prune.strategies == 'first_correct'
   assert c.loop.max_train_examples_per_round == 2000
+  assert c.prune.num_heldout_examples == 200
   assert c.loop.policy == 'recursive'
   assert c.train.lora_rank == 0
   assert c.train.learning_rate == 1e-6
@@ -62,6 +63,8 @@ def test_paper_config_files_use_the_recipe(name):
      'config.sampling.max_new_tokens=-1 must be >= 1'),
     ('sampling.temperature', -1.0, 'config.sampling.temperature=-1.0'),
     ('train.warmup_fraction', 1.5, 'config.train.warmup_fraction=1.5'),
+    ('prune.num_heldout_examples', -1,
+     'config.prune.num_heldout_examples=-1 must not be negative'),
     ('eval.graders', ('strictest',),
      "config.eval.graders: 'strictest' is not a grader of task demo"),
     ('verify.grader', 'paper_strict',
@@ -78,3 +81,7 @@ def test_values_are_checked_before_any_work(field, value, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace(
       '(', r'\(').replace(')', r'\)')):
     config_lib.validate(config)
+
+
+def test_nothing_is_held_out_by_default():
+  assert config_lib.base_config().prune.num_heldout_examples == 0

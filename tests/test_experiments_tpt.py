@@ -314,3 +314,51 @@ def test_a_run_that_failed_at_start_does_not_lock_its_workdir(
   result = run_main(config_file, workdir,
                     extra=['--config.loop.num_rounds=0'])
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_heldout_examples_are_set_aside_and_their_loss_reported(tmp_path):
+  """The paper's held-out split: a cap of 10 training examples and 5 held
+  out from the 24 surviving traces; the loss of the held-out ones after the
+  round's training is in done.json, eval.json and the summary."""
+  config = config_lib.base_config()
+  config.model.variant = 'gemma2_tiny'
+  config.model.param_dtype = config.model.compute_dtype = 'float32'
+  config.task.num_train_problems = 12
+  config.task.num_test_problems = 4
+  config.sampling.num_samples_per_problem = 2
+  config.sampling.max_new_tokens = 8
+  config.sampling.batch_size = 8
+  config.sampling.show_progress = False
+  config.loop.num_rounds = 1
+  config.prune.strategies = 'none'
+  config.loop.max_train_examples_per_round = 10
+  config.prune.num_heldout_examples = 5
+  config.eval.num_samples = 0
+  config.train.batch_size = 8
+  config.train.max_seq_len = 256
+  config.train.num_steps = 1
+  config.train.progress_bar = False
+  config_lib.validate(config)
+  summary = tpt.run(config, workdir=tmp_path / 'run')
+  round_dir = tmp_path / 'run' / 'round_1'
+  prune_report = json.loads((round_dir / 'prune.json').read_text())
+  assert (prune_report['num_traces'], prune_report['num_kept'],
+          prune_report['num_heldout'], prune_report['removed_by_cap']) == (
+              24, 10, 5, 9)
+  dataset = round_dir / 'dataset'
+  assert records.split_names(dataset) == ['heldout', 'train']
+  train_rows = records.read_round(dataset)
+  heldout_rows = records.read_round(dataset, split=records.HELDOUT_SPLIT)
+  assert (len(train_rows), len(heldout_rows)) == (10, 5)
+  train_keys = {(r['problem_id'], r['sample_index']) for r in train_rows}
+  heldout_keys = {(r['problem_id'], r['sample_index']) for r in heldout_rows}
+  assert len(heldout_keys) == 5 and not train_keys & heldout_keys
+  done = json.loads((round_dir / 'train' / 'done.json').read_text())
+  assert done['heldout_loss'] > 0
+  eval_report = json.loads((round_dir / 'eval.json').read_text())
+  assert eval_report['metrics']['heldout_loss'] == done['heldout_loss']
+  assert summary['rounds'][1]['metrics']['heldout_loss'] == (
+      done['heldout_loss'])
+  assert summary['rounds'][1]['data']['num_heldout'] == 5
+  assert 'heldout_loss' not in summary['rounds'][0]['metrics']
+  assert 'heldout_loss' in tpt.format_table(summary)

@@ -278,3 +278,28 @@ def test_packed_example_sees_only_itself(tokenizer):
   leaky_logits = np.asarray(train.forward(model, params, leaky))[0]
   assert not np.allclose(leaky_logits[segment_ids == 2],
                          packed_logits[segment_ids == 2], atol=1e-3)
+
+
+def test_evaluation_batches_hold_every_example_once_in_order(tokenizer):
+  source = input_pipeline.tokenize_source(
+      _records(23), tokenizer, chat_template=False, max_seq_len=MAX_SEQ_LEN)
+  batches = input_pipeline.evaluation_batches(source, batch_size=2,
+                                              max_seq_len=MAX_SEQ_LEN)
+  assert len(batches) > 2  # More than one batch, rows with several examples.
+  found = []
+  for batch in batches:
+    assert batch['inputs'].shape == (2, MAX_SEQ_LEN)
+    for row in range(2):
+      segments = batch['segment_ids'][row]
+      for segment in range(1, segments.max() + 1):
+        at = segments == segment
+        found.append((list(batch['inputs'][row][at]) +
+                      [batch['targets'][row][at][-1]],
+                      int(batch['loss_mask'][row][at].sum())))
+  assert [ids for ids, _ in found] == [list(ids) for ids in source.token_ids]
+  # The loss counts each example's completion (and terminator) tokens.
+  assert [n for _, n in found] == [
+      len(ids) - length for ids, length in zip(source.token_ids,
+                                               source.prompt_lengths)]
+  assert sum(int(b['loss_mask'].sum()) for b in batches) == sum(
+      n for _, n in found)

@@ -23,10 +23,12 @@ from tpt_jax import records
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 _CONFIG = _REPO / 'configs' / 'tiny.py'
-# Two shards of train problems per round, so that both processes sample.
+# Two shards of train problems per round, so that both processes sample;
+# 5 held-out examples, whose loss is a global mean over the processes.
 _ARGS = ('--config.loop.problems_per_shard=4', '--config.train.num_steps=3',
          '--config.sampling.show_progress=False',
-         '--config.train.progress_bar=False')
+         '--config.train.progress_bar=False',
+         '--config.prune.num_heldout_examples=5')
 
 
 def _free_port() -> int:
@@ -138,6 +140,16 @@ def test_two_processes_equal_one(single, double):
         assert r2['metrics'][name] == pytest.approx(value, abs=1e-9), name
   # Both processes wrote think shards: the work was split.
   assert len(_samples(double, 'round_1/think')) == 16 * 2
+  # The held-out split (written once) and its loss (a global mean: the same
+  # as one process's up to the float rounding of the training steps).
+  heldout = [records.read_round(workdir / 'round_1' / 'dataset',
+                                split=records.HELDOUT_SPLIT)
+             for workdir in (single, double)]
+  assert len(heldout[0]) == 5 and heldout[1] == heldout[0]
+  assert len(dataset_1) == 16 * 2 - 5
+  loss_1 = summary_1['rounds'][1]['metrics']['heldout_loss']
+  loss_2 = summary_2['rounds'][1]['metrics']['heldout_loss']
+  assert loss_2 == pytest.approx(loss_1, rel=1e-4)
 
 
 @pytest.mark.parametrize('crash_point', ['think:1:1', 'train:1:2'])

@@ -173,3 +173,68 @@ def test_first_correct_keeps_the_lowest_correct_sample_per_problem():
   result = prune.build_pipeline(_config(strategies='first_correct'))(traces)
   assert [(t.problem_id, t.sample_index) for t in result.kept] == [('a', 1)]
   assert result.removed == {'first_correct': 3}
+
+
+# --- the draw: training examples and held-out ones ---------------------------
+
+
+def _legacy_cap(num_kept, cap, seed):
+  """The training draw as prune_and_write made it before held-out examples
+  existed: with num_heldout=0 it must stay exactly this."""
+  if cap and num_kept > cap:
+    return sorted(random.Random(seed).sample(range(num_kept), cap))
+  return list(range(num_kept))
+
+
+@pytest.mark.parametrize('num_kept, cap', [
+    (2300, 2000), (2100, 2000), (2000, 2000), (50, 2000), (7, 0), (0, 3)])
+def test_without_heldout_examples_the_draw_is_unchanged(num_kept, cap):
+  draw = prune.draw_examples(num_kept, cap=cap, num_heldout=0, cap_seed=11,
+                             heldout_seed=12)
+  assert draw.train == _legacy_cap(num_kept, cap, 11)
+  assert draw.heldout == []
+
+
+@pytest.mark.parametrize('num_kept, cap, num_heldout, expected', [
+    (2300, 2000, 200, 200),  # the paper's recipe: 2,000 + 200 more
+    (2100, 2000, 200, 100),  # fewer beyond the draw: all of them
+    (2000, 2000, 200, 0),  # nothing beyond the draw
+    (50, 2000, 200, 0),
+    (30, 0, 10, 10),  # no cap: held out of everything, the rest trains
+    (5, 0, 10, 4),  # ... one always trains
+    (1, 0, 10, 0),
+])
+def test_heldout_examples_are_disjoint_from_the_training_draw(
+    num_kept, cap, num_heldout, expected):
+  draw = prune.draw_examples(num_kept, cap=cap, num_heldout=num_heldout,
+                             cap_seed=11, heldout_seed=12)
+  assert len(draw.heldout) == expected
+  assert not set(draw.train) & set(draw.heldout)
+  assert draw.train == sorted(draw.train)
+  assert draw.heldout == sorted(draw.heldout)
+  assert set(draw.train) | set(draw.heldout) <= set(range(num_kept))
+  if cap:
+    # The training draw is the one without held-out examples.
+    assert draw.train == _legacy_cap(num_kept, cap, 11)
+    assert draw.num_dropped(num_kept) == (
+        num_kept - min(cap, num_kept) - expected)
+  else:
+    assert len(draw.train) == num_kept - expected
+    assert draw.num_dropped(num_kept) == 0
+  # Seeded: the same seeds give the same draw, another held-out seed another.
+  again = prune.draw_examples(num_kept, cap=cap, num_heldout=num_heldout,
+                              cap_seed=11, heldout_seed=12)
+  assert again == draw
+  if 0 < expected < num_kept - len(draw.train):
+    other = prune.draw_examples(num_kept, cap=cap, num_heldout=num_heldout,
+                                cap_seed=11, heldout_seed=13)
+    assert other.heldout != draw.heldout and other.train == draw.train
+
+
+def test_num_heldout_examples_is_validated():
+  prune.validate_config(_config(num_heldout_examples=200))
+  with pytest.raises(prune.config_fields.ConfigError,
+                     match='config.prune.num_heldout_examples=-1'):
+    prune.validate_config(_config(num_heldout_examples=-1))
+  with pytest.raises(prune.config_fields.ConfigError, match='repeats'):
+    prune.validate_config(_config(strategies='correct,correct'))

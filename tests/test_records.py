@@ -186,3 +186,26 @@ def test_killed_write_leaves_no_dataset_and_keeps_the_old_one(tmp_path):
   visible = sorted(p.name for p in tmp_path.iterdir()
                    if not p.name.startswith('.'))
   assert visible == ['round']
+
+
+def test_a_heldout_split_is_written_beside_the_training_one(tmp_path):
+  traces = _traces()
+  path = records.write_round(traces[:2], tmp_path / 'round',
+                             extra_splits={records.HELDOUT_SPLIT: traces[2:]})
+  assert records.split_names(path) == ['heldout', 'train']
+  assert records.read_round(path) == _expected(traces[:2])
+  assert records.read_round(path, split='heldout') == _expected(traces[2:])
+  # The training split's shards are those of a round without held-out ones.
+  alone = records.write_round(traces[:2], tmp_path / 'alone')
+  train_shards = sorted(p.name for p in alone.iterdir()
+                        if 'tpt_round-train.' in p.name)
+  assert train_shards
+  for name in train_shards:
+    assert (path / name).read_bytes() == (alone / name).read_bytes(), name
+  # An empty extra split is not written (TFDS cannot store one).
+  empty = records.write_round(traces, tmp_path / 'empty',
+                              extra_splits={records.HELDOUT_SPLIT: []})
+  assert records.split_names(empty) == ['train']
+  with pytest.raises(ValueError, match="'train' is given twice"):
+    records.write_round(traces, tmp_path / 'twice',
+                        extra_splits={'train': traces})

@@ -54,6 +54,8 @@ def test_gsm8k_ids_are_stable_when_a_line_is_skipped(tmp_path, caplog):
     ('{"question": "q"}', "missing field 'answer'"),
     ('{"question": "q", "answer": 5}', "'answer' must be a string"),
     ('{"question": "q", "answer": "no final line"}', '####'),
+    ('{"question": "q", "answer": "a\\n#### Bob"}',
+     "GSM8K answer '#### Bob' is not a number"),
 ])
 def test_malformed_gsm8k_line_raises_naming_file_and_line(tmp_path, line,
                                                           reason):

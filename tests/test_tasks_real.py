@@ -4,6 +4,7 @@ The data lies in `../shared/data` beside the repo (the tasks' default). MBPP
 tests run only a few sandboxes, in one batch.
 """
 
+import dataclasses
 import json
 import re
 
@@ -13,7 +14,6 @@ from tpt_jax import config as config_lib
 from tpt_jax import sources
 from tpt_jax import tasks
 from tpt_jax import verify
-from tpt_jax.tasks import gsm8k
 from tpt_jax.tasks import mbpp
 
 
@@ -230,14 +230,85 @@ def test_gsm8k_reads_a_file_and_respects_on_malformed_line(tmp_path):
   config = _config('gsm8k', gsm8k_path=str(path))
   config.sources.on_malformed_line = 'skip'
   expected = [tasks.Problem('gsm8k/train/0', 'How many?', '2',
-                            'One 2 more.\nThe answer is 2.', source='gsm8k')]
+                            'One 2 more.\nThe answer is 2.', source='gsm8k',
+                            raw_answer='2')]
   assert task.load_problems('train', config) == expected
   # A final answer that is not a number is malformed too.
   not_a_number = {'question': 'Who?', 'answer': 'Ann.\n#### Ann'}
   path.write_text(json.dumps(good) + '\n' + json.dumps(not_a_number) + '\n')
-  with pytest.raises(sources.MalformedInputError, match='gsm8k/train/1'):
+  with pytest.raises(sources.MalformedInputError, match='mine.jsonl:2'):
     task.load_problems('train', _config('gsm8k', gsm8k_path=str(path)))
   assert task.load_problems('train', config) == expected
+
+
+def test_gsm8k_answer_that_is_not_a_number_names_file_and_line(tmp_path,
+                                                               caplog):
+  """Issue 18: `#### Bob` on line 4 is named as FILE:4, not by problem id."""
+  task = tasks.get_task('gsm8k')
+  path = tmp_path / 'train.jsonl'
+  good = {'question': 'How many?', 'answer': 'One more.\n#### 2'}
+  bad = {'question': 'Who?', 'answer': 'It was Bob.\n#### Bob'}
+  path.write_text(''.join(json.dumps(row) + '\n'
+                          for row in (good, good, good, bad, good)))
+  with pytest.raises(sources.MalformedInputError) as error:
+    task.load_problems('train', _config('gsm8k', gsm8k_path=str(path)))
+  assert str(error.value) == (
+      f"{path}:4: GSM8K answer '#### Bob' is not a number")
+  config = _config('gsm8k', gsm8k_path=str(path))
+  config.sources.on_malformed_line = 'skip'
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    problems = task.load_problems('train', config)
+  # Skipped, counted and located; the ids after it keep their positions.
+  assert [p.problem_id for p in problems] == [
+      'gsm8k/train/0', 'gsm8k/train/1', 'gsm8k/train/2', 'gsm8k/train/4']
+  assert f'Skipped 1 malformed line(s) of {path}' in caplog.text
+  assert f"{path}:4: GSM8K answer '#### Bob' is not a number" in caplog.text
+
+
+def test_gsm8k_keeps_its_raw_answer_text(gsm8k_problems):
+  """`raw_answer` is GSM8K's text after '####'; `answer` its canonical form.
+
+  They differ on exactly 14 of the 1,319 test problems (79 of the 7,473
+  train ones), all for one reason: GSM8K writes thousands separators
+  ('#### 2,125' -> answer '2125'). Every other answer is already canonical
+  (no leading zeros, signs, decimals or units in GSM8K's answers).
+  """
+  for split, count in (('test', 14), ('train', 79)):
+    differ = [p for p in gsm8k_problems[split] if p.raw_answer != p.answer]
+    assert len(differ) == count, split
+    for problem in differ:
+      assert ',' in problem.raw_answer
+      assert problem.raw_answer.replace(',', '') == problem.answer
+  assert all(p.raw_answer for split in tasks.SPLITS
+             for p in gsm8k_problems[split])
+
+
+def test_paper_strict_compares_with_gsm8ks_own_answer_text(gsm8k_problems):
+  """The released protocol: `#### 1,200` is right for GSM8K's '1,200' and
+  `#### 1200` is not (a miss of the protocol, reproduced); the default
+  grader accepts both."""
+  task = tasks.get_task('gsm8k')
+  with_comma = next(p for p in gsm8k_problems['test']
+                    if p.raw_answer != p.answer)
+  assert with_comma.raw_answer == '2,125' and with_comma.answer == '2125'
+  problem = dataclasses.replace(with_comma, answer='1200', raw_answer='1,200')
+  completions = ['So 1,200 in all.\n#### 1,200', 'So 1200 in all.\n#### 1200']
+  for grader, expected in (('paper_strict', [True, False]),
+                           ('default', [True, True])):
+    verdicts = task.verify_many(completions, [problem] * 2, _verify_config(),
+                                grader=grader)
+    assert [correct for correct, _ in verdicts] == expected, grader
+  # A real problem: its GSM8K text decides for paper_strict.
+  verdicts = task.verify_many(
+      ['#### 2,125', '#### 2125'], [with_comma] * 2, _verify_config(),
+      grader='paper_strict')
+  assert [correct for correct, _ in verdicts] == [True, False]
+  # Without a raw answer (another source), the canonical answer is the gold.
+  plain = dataclasses.replace(problem, raw_answer='')
+  verdicts = task.verify_many(completions, [plain] * 2, _verify_config(),
+                              grader='paper_strict')
+  assert [correct for correct, _ in verdicts] == [False, True]
 
 
 @pytest.mark.parametrize('spec, data_dir', [

@@ -537,3 +537,55 @@ def test_model_flops_and_peak_table():
   class _H100:
     device_kind = 'NVIDIA H100 80GB HBM3'
   assert train.device_peak_flops(_H100()) == 989e12
+
+
+def _log_softmax(logits):
+  shifted = logits - logits.max(axis=-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def test_heldout_loss_is_the_mean_completion_token_cross_entropy(tmp_path):
+  """`train.mean_loss` over `evaluation_batches` equals the cross-entropy
+  computed by hand (numpy, each example alone, unpacked) over the completion
+  tokens of every example, divided by their number: prompt tokens and
+  padding rows count for nothing, and every example counts once."""
+  records = _records(30)
+  tokenizer_path = str(tmp_path / 'tokenizer.model')
+  tokenizer = tokenizer_lib.train_sentencepiece(
+      [r['prompt'] + r['completion'] for r in records], tokenizer_path,
+      vocab_size=420)
+  config = make_config(tokenizer, tokenizer_path, batch_size=2,
+                       max_seq_len=32)
+  trainer = train.make_trainer(config, num_steps=1, mesh=_one_device(config))
+  params = _random_params(trainer.base_model, seed=3)
+  heldout = [records[4], records[17], records[29]]
+  source = input_pipeline.tokenize_source(
+      heldout, tokenizer, chat_template=False, max_seq_len=32)
+  batches = input_pipeline.evaluation_batches(source, batch_size=2,
+                                              max_seq_len=32)
+  # One example per row here: 2 batches, the second with a padding row.
+  assert len(batches) == 2 and not batches[1]['loss_mask'][1].any()
+
+  total, count = 0.0, 0
+  for record in heldout:
+    ids, prompt_length = input_pipeline.encode_example(
+        tokenizer, record['prompt'], record['completion'],
+        chat_template=False)
+    logits = np.asarray(trainer.base_model.apply(
+        params, jnp.asarray(ids[None, :-1])).logits[0], np.float64)
+    log_probs = _log_softmax(logits)
+    # Prediction j is of token j + 1; the completion starts at prompt_length.
+    for j in range(prompt_length - 1, len(ids) - 1):
+      total -= log_probs[j, ids[j + 1]]
+      count += 1
+  assert count < sum(len(input_pipeline.encode_example(
+      tokenizer, r['prompt'], r['completion'], chat_template=False)[0]) - 1
+                     for r in heldout)  # The prompts are left out.
+  expected = total / count
+
+  loss = train.mean_loss(trainer, params, None, batches)
+  assert loss == pytest.approx(expected, rel=1e-5)
+  # Not the mean of the per-batch means (the batches hold different counts).
+  per_batch = [train.mean_loss(trainer, params, None, [b]) for b in batches]
+  assert abs(np.mean(per_batch) - expected) > 1e-4
+  assert train.mean_loss(trainer, params, None, []) is None

@@ -175,7 +175,8 @@ def set_tpt_paper(config: ml_collections.ConfigDict) -> None:
   last line, 4 samples per train problem at temperature 0.8, up to 1,500 new
   tokens. Prune: exact answer match (the authors' regex grader,
   'paper_strict'), the first correct trace per problem, a seeded draw of
-  2,000 examples per round. Train: full fine-tuning of the previous round's
+  2,000 examples per round and up to 200 more held out for an evaluation
+  loss (`heldout_loss`, at the end of the round's training). Train: full fine-tuning of the previous round's
   model, lr 1e-6 with cosine decay to 0 and 10% warm-up, 1 epoch, 8
   examples per step as 2 x 4 accumulation, sequences up to 1,600 tokens,
   loss on the completion only. Evaluate: the authors' 500 GSM8K test
@@ -198,6 +199,7 @@ def set_tpt_paper(config: ml_collections.ConfigDict) -> None:
   config.verify.grader = 'paper_strict'
   config.prune.strategies = 'first_correct'
   config.loop.max_train_examples_per_round = 2000
+  config.prune.num_heldout_examples = 200
   config.loop.policy = 'recursive'
   config.loop.num_rounds = 3
   config.train.learning_rate = 1e-6
@@ -271,9 +273,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  try:
-    prune.parse_strategies(config.prune.strategies)
-  except ValueError as e:
-    raise ConfigError(str(e)) from e
+  prune.validate_config(config.prune)
   if config.mode == 'sert':
     sert_config.validate_config(config)

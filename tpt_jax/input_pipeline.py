@@ -24,7 +24,9 @@ that fits no row. Each example restarts positions at 0 and gets its own
 segment id, and the train step attends only within a segment. Without
 packing, each row holds one example: windows of `bucket_window` batches are
 sorted by length, cut into batches, shuffled, and each batch is padded to a
-multiple of `pad_to_multiple` (length bucketing).
+multiple of `pad_to_multiple` (length bucketing). `evaluation_batches`
+(the held-out loss) packs a source's examples the same way, each exactly
+once, in order.
 """
 
 from __future__ import annotations
@@ -162,7 +164,8 @@ class TokenizedSource:
 def tokenize_source(source: Source, tokenizer: tokenizer_lib.Tokenizer, *,
                     chat_template: bool, max_seq_len: int,
                     too_long: str = 'drop',
-                    split: str = 'train') -> TokenizedSource:
+                    split: str = 'train',
+                    allow_empty: bool = False) -> TokenizedSource:
   """Reads and tokenizes every example of a source.
 
   Args:
@@ -174,6 +177,8 @@ def tokenize_source(source: Source, tokenizer: tokenizer_lib.Tokenizer, *,
       the completion (dropping those whose prompt alone fills the row), or
       'error'.
     split: the TFDS split to read.
+    allow_empty: return an empty source when every example was dropped for
+      its length (else that is an error).
 
   Raises:
     ValueError: a missing or non-string feature, an over-long example with
@@ -215,7 +220,7 @@ def tokenize_source(source: Source, tokenizer: tokenizer_lib.Tokenizer, *,
     logging.warning(
         '%s: left out %d of %d examples longer than max_seq_len=%d tokens.',
         name, num_dropped, len(records), max_seq_len)
-  if not all_ids:
+  if not all_ids and not allow_empty:
     raise ValueError(
         f'{name}: all {len(records)} examples are longer than '
         f'config.train.max_seq_len={max_seq_len} tokens.')
@@ -411,29 +416,69 @@ class InputPipeline:
   def next_batch(self) -> Batch:
     """The next batch of the stream (advances the state)."""
     rows = self._next_plan()
-    length = self._row_length(rows)
-    batch = {
-        'inputs': np.zeros((self._batch_size, length), np.int32),
-        'targets': np.zeros((self._batch_size, length), np.int32),
-        'loss_mask': np.zeros((self._batch_size, length), np.bool_),
-        'positions': np.zeros((self._batch_size, length), np.int32),
-        'segment_ids': np.zeros((self._batch_size, length), np.int32),
-    }
-    for r, row in enumerate(rows):
-      start = 0
-      for segment, (s, i) in enumerate(row, start=1):
-        ids = self._sources[s].token_ids[i]
-        prompt_length = int(self._sources[s].prompt_lengths[i])
-        n = len(ids) - 1
-        span = slice(start, start + n)
-        batch['inputs'][r, span] = ids[:-1]
-        batch['targets'][r, span] = ids[1:]
-        # Target j is token j + 1: a completion token iff j + 1 >= prompt.
-        batch['loss_mask'][r, span] = np.arange(1, n + 1) >= prompt_length
-        batch['positions'][r, span] = np.arange(n)
-        batch['segment_ids'][r, span] = segment
-        start += n
-    return batch
+    return _fill_batch(self._sources, rows, self._batch_size,
+                       self._row_length(rows))
+
+
+def _fill_batch(sources: Sequence[TokenizedSource],
+                rows: Sequence[Sequence[tuple[int, int]]], batch_size: int,
+                length: int) -> Batch:
+  """The batch whose row r holds the examples `rows[r]` ((source, index)
+  pairs) one after another; rows past `len(rows)` are padding."""
+  batch = {
+      'inputs': np.zeros((batch_size, length), np.int32),
+      'targets': np.zeros((batch_size, length), np.int32),
+      'loss_mask': np.zeros((batch_size, length), np.bool_),
+      'positions': np.zeros((batch_size, length), np.int32),
+      'segment_ids': np.zeros((batch_size, length), np.int32),
+  }
+  for r, row in enumerate(rows):
+    start = 0
+    for segment, (s, i) in enumerate(row, start=1):
+      ids = sources[s].token_ids[i]
+      prompt_length = int(sources[s].prompt_lengths[i])
+      n = len(ids) - 1
+      span = slice(start, start + n)
+      batch['inputs'][r, span] = ids[:-1]
+      batch['targets'][r, span] = ids[1:]
+      # Target j is token j + 1: a completion token iff j + 1 >= prompt.
+      batch['loss_mask'][r, span] = np.arange(1, n + 1) >= prompt_length
+      batch['positions'][r, span] = np.arange(n)
+      batch['segment_ids'][r, span] = segment
+      start += n
+  return batch
+
+
+def evaluation_batches(source: TokenizedSource, *, batch_size: int,
+                       max_seq_len: int) -> list[Batch]:
+  """Every example of `source` exactly once, in order, packed first-fit into
+  `batch_size` rows of `max_seq_len` tokens (one shape: one compilation);
+  the last batch's unused rows are padding (no loss tokens).
+
+  Packed examples do not attend to each other (segment ids), so the summed
+  loss over these batches is the sum of every example's own loss.
+  """
+  lengths = source.lengths
+  if len(lengths) and lengths.max() > max_seq_len:
+    raise ValueError(f'{source.name} has examples of {lengths.max()} '
+                     f'tokens, more than max_seq_len={max_seq_len}.')
+  batches = []
+  rows: list[list[tuple[int, int]]] = []
+  free: list[int] = []
+  for index, length in enumerate(lengths):
+    row = next((r for r, f in enumerate(free) if f >= length), None)
+    if row is None:
+      if len(rows) == batch_size:
+        batches.append(_fill_batch([source], rows, batch_size, max_seq_len))
+        rows, free = [], []
+      rows.append([])
+      free.append(max_seq_len)
+      row = len(rows) - 1
+    rows[row].append((0, index))
+    free[row] -= int(length)
+  if rows:
+    batches.append(_fill_batch([source], rows, batch_size, max_seq_len))
+  return batches
 
 
 def build_pipeline(sources: Sequence[Source],

@@ -21,6 +21,14 @@ removes traces and the pipeline reports how many per filter:
 
 Output order is deterministic whatever the input order: traces are sorted by
 (problem_id, sample_index) first.
+
+After the filters, `draw_examples` decides which survivors train and which
+are held out for an evaluation loss (`num_heldout_examples`): a seeded draw
+of at most `config.loop.max_train_examples_per_round` trains, and up to
+`num_heldout_examples` of the survivors beyond that draw are held out (the
+TPT authors' released recipe: 2,000 train, up to 200 more held out). With
+no cap, the held-out examples are set aside from all survivors (one always
+trains) and the rest train.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 import collections
 import dataclasses
+import random
 import re
 
 import ml_collections
@@ -67,8 +76,76 @@ def default_config() -> ml_collections.ConfigDict:
   config.repetition_min_ngrams = 20
   # short_reasoning: words needed outside the answer statements.
   config.min_reasoning_words = 10
+  # Survivors held out of training, for a loss on unseen traces at the end of
+  # the round's training (`heldout_loss`): a seeded draw, disjoint from the
+  # training examples, written as the round dataset's 'heldout' split. With
+  # config.loop.max_train_examples_per_round, only survivors beyond the
+  # training draw are held out (fewer when there are fewer). 0: none.
+  config.num_heldout_examples = 0
 
   return config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first `config.prune` field not allowed
+  (the filters' parameters are checked when the pipeline is built)."""
+  try:
+    parse_strategies(config.strategies)
+  except ValueError as e:
+    raise config_fields.ConfigError(str(e)) from e
+  if config.num_heldout_examples < 0:
+    raise config_fields.ConfigError(
+        f'config.prune.num_heldout_examples={config.num_heldout_examples} '
+        'must not be negative.')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleDraw:
+  """Indices (ascending) into the pruned traces: those that train, those held
+  out for the evaluation loss; the rest are dropped by the cap."""
+  train: list[int]
+  heldout: list[int]
+
+  def num_dropped(self, num_kept: int) -> int:
+    return num_kept - len(self.train) - len(self.heldout)
+
+
+def draw_examples(num_kept: int, *, cap: int, num_heldout: int,
+                  cap_seed: int, heldout_seed: int) -> ExampleDraw:
+  """Which of `num_kept` pruned traces train and which are held out.
+
+  Args:
+    num_kept: survivors of the filters.
+    cap: training examples at most (`config.loop.max_train_examples_per_
+      round`); 0 = no cap.
+    num_heldout: held-out examples wanted (`config.prune.
+      num_heldout_examples`).
+    cap_seed: seeds the training draw (the same draw whatever num_heldout).
+    heldout_seed: seeds the held-out draw (not used when num_heldout is 0).
+
+  Returns:
+    With a cap: a draw of min(cap, num_kept) that train, and up to
+    num_heldout of the others held out. Without: up to num_heldout (at
+    most num_kept - 1) held out, every other one trains.
+  """
+  everything = list(range(num_kept))
+  if cap and num_kept > cap:
+    train = sorted(random.Random(cap_seed).sample(range(num_kept), cap))
+  else:
+    train = everything
+  if num_heldout <= 0 or num_kept == 0:
+    return ExampleDraw(train=train, heldout=[])
+  if cap:
+    chosen = set(train)
+    rest = [i for i in everything if i not in chosen]
+    heldout = sorted(random.Random(heldout_seed).sample(
+        rest, min(num_heldout, len(rest))))
+    return ExampleDraw(train=train, heldout=heldout)
+  heldout = sorted(random.Random(heldout_seed).sample(
+      everything, min(num_heldout, num_kept - 1)))
+  held = set(heldout)
+  return ExampleDraw(train=[i for i in everything if i not in held],
+                     heldout=heldout)
 
 
 # --- filters: each maps sorted traces to the traces it keeps. ----------------

@@ -5,6 +5,11 @@
     builder.as_dataset(split='train')     # tf.data, from TFRecord shards
     builder.as_data_source(split='train')  # random access, ArrayRecord shards
     records.read_round(path)                # python dicts (for the Train stage)
+    records.read_round(path, split=records.HELDOUT_SPLIT)  # if written
+
+A round may have a second split, 'heldout': survivors set aside from
+training for an evaluation loss (`config.prune.num_heldout_examples`),
+written with the training split in the same directory.
 
 The directory holds the dataset twice, as TFRecord (what `as_dataset` reads
 in this TFDS version) and as ArrayRecord (what `as_data_source` needs), with
@@ -39,6 +44,8 @@ from tpt_jax.types import Trace
 DATASET_NAME = 'tpt_round'
 VERSION = '1.0.0'
 DEFAULT_SPLIT = 'train'
+# Survivors held out of training (for the evaluation loss).
+HELDOUT_SPLIT = 'heldout'
 # Text features, in the order of Trace where they come from.
 TEXT_FEATURES = ('problem_id', 'question', 'prompt', 'completion',
                  'reference_answer', 'extracted_answer', 'sampler_settings',
@@ -140,6 +147,7 @@ def write_round(traces: Sequence[Trace],
                 checkpoint_id: str | None = None,
                 sampler_settings: str | Mapping[str, Any] | None = None,
                 split: str = DEFAULT_SPLIT,
+                extra_splits: Mapping[str, Sequence[Trace]] | None = None,
                 overwrite: bool = False,
                 before_commit: Callable[[], None] | None = None
                 ) -> pathlib.Path:
@@ -153,6 +161,9 @@ def write_round(traces: Sequence[Trace],
     sampler_settings: if set (a JSON string or a dict), replaces each trace's
       `sampler_settings`.
     split: the split name.
+    extra_splits: more splits of the same dataset (e.g. HELDOUT_SPLIT), by
+      name, each stored in the order given with the same overrides; an
+      empty one is not written.
     overwrite: replace a dataset already at `directory`; otherwise that is an
       error.
     before_commit: called once the dataset is fully written in its staging
@@ -176,9 +187,16 @@ def write_round(traces: Sequence[Trace],
     overrides['checkpoint_id'] = checkpoint_id
   if sampler_settings is not None:
     overrides['sampler_settings'] = _sampler_settings_text(sampler_settings)
+  splits = {split: traces}
+  for name, split_traces in (extra_splits or {}).items():
+    if name in splits:
+      raise ValueError(f'Split {name!r} is given twice.')
+    if split_traces:
+      splits[name] = split_traces
   # Check every trace before writing anything.
-  for _, _ in _keyed_examples(traces, overrides):
-    pass
+  for split_traces in splits.values():
+    for _, _ in _keyed_examples(split_traces, overrides):
+      pass
 
   target.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{target.name}.tmp-',
@@ -186,7 +204,8 @@ def write_round(traces: Sequence[Trace],
   try:
     builder = _RoundBuilder(
         name=DATASET_NAME, version=VERSION, features=features(),
-        split_datasets={split: list(_keyed_examples(traces, overrides))},
+        split_datasets={name: list(_keyed_examples(split_traces, overrides))
+                        for name, split_traces in splits.items()},
         data_dir=os.fspath(staging),
         description='Surviving traces of one Think-Prune-Train round.',
         disable_shuffling=True)
@@ -210,6 +229,14 @@ def write_round(traces: Sequence[Trace],
 def is_round_dataset(directory: str | os.PathLike[str]) -> bool:
   """Whether `directory` holds a complete dataset written by write_round."""
   return (pathlib.Path(directory) / 'dataset_info.json').is_file()
+
+
+def split_names(directory: str | os.PathLike[str]) -> list[str]:
+  """The splits of the round dataset at `directory`, sorted."""
+  if not is_round_dataset(directory):
+    raise FileNotFoundError(
+        f'{directory} is not a round dataset (no dataset_info.json).')
+  return sorted(tfds.builder_from_directory(os.fspath(directory)).info.splits)
 
 
 def _decode(value: Any) -> Any:

@@ -14,22 +14,29 @@ from typing import Any
 
 # Metrics shown as percentages (and plotted).
 RATE_PREFIXES = ('pass@', 'maj@')
+# Losses (e.g. the round's `heldout_loss`), shown with 3 decimals.
+LOSS_SUFFIX = 'loss'
 
 
 def format_metric(name: str, value: float | None) -> str:
-  """A table cell: pass@/maj@ metrics as percentages, '-' when missing."""
+  """A table cell: pass@/maj@ metrics as percentages, losses with 3
+  decimals, '-' when missing."""
   if value is None:
     return '-'
   if name.startswith(RATE_PREFIXES):
     return f'{100 * value:.1f}%'
+  if name.endswith(LOSS_SUFFIX):
+    return f'{value:.3f}'
   return f'{value:.1f}'
 
 
 def metrics_text(metrics: Mapping[str, float]) -> str:
-  """'pass@1=41.2%, maj@4=50.0%': the rates of `metrics`, for log lines."""
-  return ', '.join(f'{name}={100 * value:.1f}%'
+  """'pass@1=41.2%, maj@4=50.0%, heldout_loss=0.812': the rates and losses
+  of `metrics`, for log lines."""
+  return ', '.join(f'{name}={format_metric(name, value)}'
                    for name, value in metrics.items()
-                   if name.startswith(RATE_PREFIXES))
+                   if name.startswith(RATE_PREFIXES) or
+                   (name.endswith(LOSS_SUFFIX) and value is not None))
 
 
 def metric_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -6,10 +6,11 @@ dropped silently: with `on_error='raise'` the load fails naming the file and
 line; with `on_error='skip'` the line is skipped and a warning lists how many
 lines were skipped and where.
 
-GSM8K comes from its JSONL files (`question`, `answer` ending in `#### N`) or
-from TFDS (`gsm8k`); MBPP (`text`, `code`, `test_list`, standard task-id
-splits) and HumanEval (`prompt`, `test`, `entry_point`) from their JSONL files
-(HumanEval's may be gzipped).
+GSM8K comes from its JSONL files (`question`, `answer` ending in `#### N`, N a
+number; `Problem.raw_answer` keeps N's text) or from TFDS (`gsm8k`); MBPP
+(`text`, `code`, `test_list`, standard task-id splits) and HumanEval
+(`prompt`, `test`, `entry_point`) from their JSONL files (HumanEval's may be
+gzipped).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import ml_collections
 
 from tpt_jax.types import Problem
+from tpt_jax.verify import math_answers
 
 ON_ERROR_CHOICES = ('raise', 'skip')
 
@@ -159,14 +161,21 @@ def gsm8k_final_answer(solution: str) -> str:
 
 def _gsm8k_problem(record: Mapping[str, Any], split: str,
                    index: int) -> Problem:
+  """The record as GSM8K writes it: `answer` and `raw_answer` are both the
+  text after '####' (the task normalizes `answer`); a final answer that is
+  not a number is malformed."""
   question = _string_field(record, 'question')
   solution = _string_field(record, 'answer')
+  final = gsm8k_final_answer(solution)
+  if math_answers.parse_number(final) is None:
+    raise ValueError(f'GSM8K answer {"#### " + final!r} is not a number')
   return Problem(
       problem_id=f'gsm8k/{split}/{index}',
       question=question,
-      answer=gsm8k_final_answer(solution),
+      answer=final,
       solution=solution,
       source='gsm8k',
+      raw_answer=final,
   )
 
 

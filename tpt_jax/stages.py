@@ -5,7 +5,8 @@
   think            params + problems -> `Sample`s (sampled and verified,
                    written shard by shard)
   prune_and_write  `Trace`s -> the kept ones as a TFDS dataset + prune.json
-  fine_tune        datasets + params -> params (orbax checkpoints, resume)
+  fine_tune        datasets + params -> params (orbax checkpoints, resume),
+                   and the loss on the round's held-out examples
   warm_up          the task's worked examples -> params (before round 0)
   evaluate         params -> Pass@1 / pass@k / maj@k on the test problems
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -370,25 +370,31 @@ def prune_done(round_dir: workdir_lib.Path) -> bool:
 
 def prune_and_write(ctx: RunContext, round_dir: workdir_lib.Path,
                     traces: Sequence[Trace], *, round_index: int,
-                    cap_seed: int, crash_point: str) -> dict[str, Any]:
+                    cap_seed: int, heldout_seed: int,
+                    crash_point: str) -> dict[str, Any]:
   """Prunes `traces` with `ctx.config.prune`, caps them at
   `config.loop.max_train_examples_per_round` (a draw seeded by `cap_seed`),
-  and writes the survivors' dataset to `round_dir/dataset`.
+  sets aside `config.prune.num_heldout_examples` of the other survivors (a
+  draw seeded by `heldout_seed`; `prune.draw_examples`), and writes the
+  dataset to `round_dir/dataset`: the training split, and the held-out one
+  when there is one.
 
   Returns:
-    The prune report (also in `round_dir/prune.json`).
+    The prune report (also in `round_dir/prune.json`): `num_kept` counts the
+    training examples, `num_heldout` (when held-out examples are asked for)
+    the held-out ones, `removed_by_cap` the survivors in neither.
   """
   report_path = round_dir / PRUNE_REPORT_FILE
   if prune_done(round_dir):
     return workdir_lib.read_json(report_path)
   result = prune.build_pipeline(ctx.config.prune)(traces)
-  kept = result.kept
-  cap = ctx.config.loop.max_train_examples_per_round
-  capped = 0
-  if cap and len(kept) > cap:
-    chosen = sorted(random.Random(cap_seed).sample(range(len(kept)), cap))
-    capped = len(kept) - cap
-    kept = [kept[i] for i in chosen]
+  num_heldout = int(ctx.config.prune.num_heldout_examples)
+  draw = prune.draw_examples(
+      len(result.kept), cap=ctx.config.loop.max_train_examples_per_round,
+      num_heldout=num_heldout, cap_seed=cap_seed, heldout_seed=heldout_seed)
+  kept = [result.kept[i] for i in draw.train]
+  heldout = [result.kept[i] for i in draw.heldout]
+  capped = draw.num_dropped(len(result.kept))
   report = {
       'round': round_index,
       'num_traces': len(traces),
@@ -399,6 +405,8 @@ def prune_and_write(ctx: RunContext, round_dir: workdir_lib.Path,
       'num_problems_kept': len({t.problem_id for t in kept}),
       'strategies': list(prune.parse_strategies(ctx.config.prune.strategies)),
   }
+  if num_heldout:
+    report['num_heldout'] = len(heldout)
   verdict_names = getattr(ctx.task, 'verdicts', ())
   if verdict_names:
     # Code judged on tests: how many traces got each verdict.
@@ -410,7 +418,8 @@ def prune_and_write(ctx: RunContext, round_dir: workdir_lib.Path,
   if kept and workdir_lib.is_writer():
     records.write_round(
         kept, os.fspath(round_dir / DATASET_DIR), round_index=round_index,
-        checkpoint_id=f'round_{round_index - 1}', overwrite=True,
+        checkpoint_id=f'round_{round_index - 1}',
+        extra_splits={records.HELDOUT_SPLIT: heldout}, overwrite=True,
         before_commit=lambda: workdir_lib.maybe_crash(crash_point))
   workdir_lib.write_json(report_path, report)
   workdir_lib.barrier(f'{report_path}:written')
@@ -458,13 +467,16 @@ def trained_params(ctx: RunContext, directory: workdir_lib.Path
 
 def fine_tune(ctx: RunContext, directory: workdir_lib.Path,
               sources: Sequence[Any], init_params: models.Params, *,
-              seed: int, crash_prefix: str,
+              seed: int, crash_prefix: str, heldout: Any = None,
               **train_overrides: Any) -> models.Params:
   """SFT of `init_params` on `sources` (round datasets or lists of
   {'prompt', 'completion'}), resuming from `directory`'s checkpoints, unless
   done; returns the final params.
 
-  `train_overrides` replace `config.train` fields (e.g. the warm-up's epochs).
+  `heldout`: a round dataset whose 'heldout' split is evaluated at the end
+  (its mean per-token loss goes to `directory/done.json` as `heldout_loss`;
+  see `heldout_loss`). `train_overrides` replace `config.train` fields (e.g.
+  the warm-up's epochs).
   """
   done = trained_params(ctx, directory)
   if done is not None:
@@ -481,17 +493,40 @@ def fine_tune(ctx: RunContext, directory: workdir_lib.Path,
   result = train_lib.train(
       train_config, sources, tokenizer=ctx.tokenizer,
       workdir=os.fspath(directory), init_params=init_params, mesh=ctx.mesh,
-      step_callback=on_step, model=ctx.model)
+      step_callback=on_step, model=ctx.model, heldout_source=heldout,
+      heldout_split=records.HELDOUT_SPLIT)
   final_metrics = result.history[-1][1] if result.history else {}
-  workdir_lib.write_json(directory / workdir_lib.DONE_FILE, {
+  done = {
       'num_steps': result.num_steps,
       'final_loss': final_metrics.get('loss'),
       'final_token_accuracy': final_metrics.get('token_accuracy'),
       'params_sha256': workdir_lib.directory_digest(
           directory / train_lib.FINAL_PARAMS_DIR),
-  })
+  }
+  if heldout is not None:
+    done['heldout_loss'] = result.heldout_loss
+  workdir_lib.write_json(directory / workdir_lib.DONE_FILE, done)
   workdir_lib.barrier(f'{directory}:done')
   return result.params
+
+
+def heldout_dataset(round_dir: workdir_lib.Path,
+                    prune_report: dict[str, Any]) -> str | None:
+  """The round dataset to evaluate the held-out loss on, when its prune
+  report says examples were held out (else None)."""
+  if not prune_report.get('num_heldout'):
+    return None
+  return os.fspath(round_dir / DATASET_DIR)
+
+
+def heldout_loss(directory: workdir_lib.Path) -> dict[str, float]:
+  """`{'heldout_loss': loss}` of the finished fine-tune in `directory`
+  (from its done.json), or {} when it has none: the round metric."""
+  done_path = directory / workdir_lib.DONE_FILE
+  if not done_path.exists():
+    return {}
+  loss = workdir_lib.read_json(done_path).get('heldout_loss')
+  return {} if loss is None else {'heldout_loss': float(loss)}
 
 
 def warmup_config() -> ml_collections.ConfigDict:
@@ -556,13 +591,15 @@ def _safe_normalizer(task: tasks.Task) -> Callable[[str], str | None]:
 
 
 def evaluate(ctx: RunContext, params: models.Params,
-             round_dir: workdir_lib.Path, *, round_index: int
+             round_dir: workdir_lib.Path, *, round_index: int,
+             extra_metrics: dict[str, float] | None = None
              ) -> dict[str, Any]:
   """Greedy Pass@1 (and pass@k / maj@k from samples) on the test problems.
 
   Writes `round_dir/eval/` (the completions, shard by shard),
   `round_dir/eval.json` and TensorBoard scalars at step `round_index` in
   `ctx.workdir/tensorboard`; a finished evaluation is read, not redone.
+  `extra_metrics` (e.g. the round's `heldout_loss`) join the metrics.
   Crash points (tests): 'eval:<round>:<shard>', 'eval_sampled:<round>:<shard>'.
   """
   eval_path = round_dir / EVAL_FILE
@@ -603,6 +640,7 @@ def evaluate(ctx: RunContext, params: models.Params,
                     _metrics(ctx, *graded).items() if name != 'num_problems'})
   metrics['mean_completion_tokens'] = float(np.mean(
       [s.num_tokens for s in greedy_samples]))
+  metrics.update(extra_metrics or {})
   report = {'round': round_index, 'metrics': metrics}
   _write_tensorboard(ctx.workdir, round_index, metrics)
   workdir_lib.write_json(eval_path, report)

@@ -37,6 +37,16 @@ train state and checkpointed; the base params are a frozen, sharded argument.
 `lora_alpha / lora_rank` scales the adapters' output (applied to `b`).
 `merge_lora_params` folds the adapters into a plain param tree for sampling.
 
+Held-out loss. Given held-out examples (`heldout_source`: a round's
+'heldout' split, `config.prune.num_heldout_examples`), the run ends by
+computing their mean per-token loss under the final train state: the
+training loss exactly (completion tokens only, the same forward pass and
+masking), summed over every held-out example once and divided by their
+loss tokens. It is a global mean over all processes' devices (the batches
+are global arrays), returned as `TrainResult.heldout_loss` and written to
+TensorBoard as `heldout_loss` at the last step. The trainer has no eval
+interval: the loss is computed once, at the end.
+
 Checkpoints (`{workdir}/checkpoints`). An orbax `CheckpointManager` saves
 asynchronously every `checkpoint_every` steps and at the end, keeping the last
 `checkpoint_keep`; each save holds the train state (step, params or adapters,
@@ -497,6 +507,9 @@ class Trainer:
     init_params_fn: `rng -> trained params`, jitted: the library's random
       init, or LoRA adapters with `b = 0`.
     lora_scale: adapter scale.
+    loss_fn: `(trained params, frozen, batch) -> (summed loss, (loss tokens,
+      correct predictions))`, jitted: `loss_terms` without a gradient (the
+      held-out loss).
   """
   model: models.Model
   base_model: models.Model
@@ -512,6 +525,7 @@ class Trainer:
   state_fn: Callable[[Params, jax.Array], TrainState]
   init_params_fn: Callable[[jax.Array], Params]
   lora_scale: float
+  loss_fn: Callable[..., tuple[jax.Array, tuple[jax.Array, jax.Array]]]
 
   @property
   def is_lora(self) -> bool:
@@ -700,6 +714,10 @@ def make_trainer(config: ml_collections.ConfigDict, *, num_steps: int,
       functools.partial(_make_state, optimizer=optimizer,
                         master_dtype=master_dtype),
       out_shardings=state_shardings)
+  loss_fn = jax.jit(
+      functools.partial(loss_terms, model=model, lora_scale_value=scale),
+      in_shardings=(param_shardings, frozen_shardings, batch_sharding),
+      out_shardings=replicated)
   return Trainer(model=model, base_model=base_model, train_config=train_config,
                  optimizer=optimizer, schedule=schedule, mesh=mesh,
                  abstract_params=abstract_params,
@@ -707,7 +725,24 @@ def make_trainer(config: ml_collections.ConfigDict, *, num_steps: int,
                  frozen_shardings=frozen_shardings,
                  batch_sharding=batch_sharding, step_fn=step_fn,
                  state_fn=state_fn, init_params_fn=init_params_fn,
-                 lora_scale=scale)
+                 lora_scale=scale, loss_fn=loss_fn)
+
+
+def mean_loss(trainer: Trainer, params: Params, frozen: Params | None,
+              batches: Sequence[input_pipeline.Batch]) -> float | None:
+  """The mean per-token loss of `batches` (global numpy batches, e.g.
+  `input_pipeline.evaluation_batches`) under the trained `params`: their
+  summed completion-token loss over their loss tokens; None without any.
+
+  Every process passes the same global batches; the sums are global.
+  """
+  loss_sum, num_tokens = 0.0, 0.0
+  for batch in batches:
+    batch_loss, (batch_tokens, _) = trainer.loss_fn(
+        params, frozen, trainer.put_batch(batch))
+    loss_sum += float(batch_loss)
+    num_tokens += float(batch_tokens)
+  return loss_sum / num_tokens if num_tokens else None
 
 
 def num_train_steps(train_config: ml_collections.ConfigDict,
@@ -829,6 +864,11 @@ class _MetricsLogger:
   def step_done(self) -> None:
     self._bar.update(1)
 
+  def scalar(self, name: str, value: float, step: int) -> None:
+    if self._writer is not None:
+      self._writer.scalar(name, value, step)
+      self._writer.flush()
+
   def write(self, steps_metrics: list[tuple[int, Metrics]],
             first_window: bool) -> Metrics:
     """Writes per-step scalars; adds tokens/s and MFU for the window."""
@@ -875,11 +915,14 @@ class TrainResult:
     params_path: where they are saved (`gm.ckpts.load_params` layout).
     num_steps: total optimizer steps of the round.
     history: per-step metrics of the steps this call ran (step, metrics).
+    heldout_loss: the mean per-token loss of the held-out examples under
+      the final state (None without held-out examples).
   """
   params: Params
   params_path: str
   num_steps: int
   history: tuple[tuple[int, Metrics], ...]
+  heldout_loss: float | None = None
 
 
 def _restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
@@ -925,6 +968,8 @@ def train(config: ml_collections.ConfigDict,
           mesh: Mesh | None = None,
           step_callback: Callable[[int, Metrics], None] | None = None,
           model: models.Model | None = None,
+          heldout_source: input_pipeline.Source | None = None,
+          heldout_split: str = 'heldout',
           ) -> TrainResult:
   """Fine-tunes on `sources`, resuming from `{workdir}/checkpoints` if any.
 
@@ -942,9 +987,16 @@ def train(config: ml_collections.ConfigDict,
       its metrics are fetched (every `log_every` steps).
     model: the model trained (see `make_trainer`); default built from
       `config.model`.
+    heldout_source: held-out examples (a dataset directory, read at
+      `heldout_split`, or a sequence of {'prompt', 'completion'}); their mean
+      per-token loss under the final state is `TrainResult.heldout_loss`.
+      Read and tokenized before training (as `config.train.too_long` says),
+      so a bad source fails before any step.
+    heldout_split: the split of a `heldout_source` directory.
 
   Returns:
-    The final params, where they were saved, and the metrics history.
+    The final params, where they were saved, the metrics history and the
+    held-out loss.
   """
   workdir = workdir or config.get('workdir')
   if not workdir:
@@ -956,6 +1008,12 @@ def train(config: ml_collections.ConfigDict,
   pipeline = input_pipeline.build_pipeline(
       sources, tokenizer, train_config=train_config,
       chat_template=config.tokenizer.chat_template, seed=config.seed)
+  heldout = None
+  if heldout_source is not None:
+    heldout = input_pipeline.tokenize_source(
+        heldout_source, tokenizer, chat_template=config.tokenizer.chat_template,
+        max_seq_len=train_config.max_seq_len, too_long=train_config.too_long,
+        split=heldout_split, allow_empty=True)
   total_steps = num_train_steps(train_config, pipeline)
   trainer = make_trainer(config, num_steps=total_steps, mesh=mesh,
                          model=model)
@@ -1002,6 +1060,19 @@ def train(config: ml_collections.ConfigDict,
       save_checkpoint(manager, total_steps, state, pipeline.state,
                       force=True)
     manager.wait_until_finished()
+    heldout_loss = None
+    if heldout is not None:
+      heldout_loss = mean_loss(
+          trainer, state.params, frozen, input_pipeline.evaluation_batches(
+              heldout, max_seq_len=train_config.max_seq_len,
+              batch_size=(train_config.batch_size //
+                          train_config.grad_accum_steps)))
+      if heldout_loss is None:
+        logging.warning('%s: no held-out example fits max_seq_len=%d; no '
+                        'held-out loss.', heldout.name,
+                        train_config.max_seq_len)
+      else:
+        logger.scalar('heldout_loss', heldout_loss, total_steps)
     final = trainer.final_params(state, frozen)
     params_path = save_final_params(final, workdir / FINAL_PARAMS_DIR)
     if trainer.is_lora:
@@ -1013,4 +1084,5 @@ def train(config: ml_collections.ConfigDict,
     if logger is not None:
       logger.close()
   return TrainResult(params=final, params_path=params_path,
-                     num_steps=total_steps, history=tuple(history))
+                     num_steps=total_steps, history=tuple(history),
+                     heldout_loss=heldout_loss)

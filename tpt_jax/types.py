@@ -27,7 +27,8 @@ class Problem:
       'gsm8k/train/17', 'mbpp/601', 'HumanEval/0', 'demo/train/3'.
     question: what the model is asked (HumanEval: the function prompt).
     answer: the final answer a completion must reach (GSM8K: the number after
-      '####'); for code problems the reference program (or its body).
+      '####', in canonical form: '1200'); for code problems the reference
+      program (or its body).
     solution: a worked solution ending in the answer, when known (few-shot
       exemplars and warm-up data need one); for code the complete reference
       program.
@@ -42,6 +43,10 @@ class Problem:
     time_limit_s: stdin/stdout code: the time limit per test.
     float_tolerance: stdin/stdout code: tolerance of real-number outputs.
     source: which data set the problem came from.
+    raw_answer: the answer as the data set writes it, where `answer` is a
+      normalized form of it (GSM8K: the text after '####', e.g. '1,200' for
+      answer '1200'); '' when the source keeps none. Graders that compare
+      strings with the data set's own text (`paper_strict`) read it.
   """
   problem_id: str
   question: str
@@ -55,6 +60,7 @@ class Problem:
   time_limit_s: float = 0.0
   float_tolerance: float = 0.0
   source: str = ''
+  raw_answer: str = ''
 
   @property
   def is_code(self) -> bool:

@@ -76,6 +76,7 @@ class Stage(enum.IntEnum):
   TRAIN = 3
   WARMUP = 4
   EXAMPLE_CAP = 5
+  HELDOUT = 6
   DISTILL = 16
 
 

@@ -182,6 +182,8 @@ def teacher_traces(ctx: stages.RunContext, timings: Any
       round_index=_TEACHER_ROUND,
       cap_seed=workdir_lib.derived_seed(ctx.config.seed, _TEACHER_ROUND,
                                         workdir_lib.Stage.EXAMPLE_CAP),
+      heldout_seed=workdir_lib.derived_seed(ctx.config.seed, _TEACHER_ROUND,
+                                            workdir_lib.Stage.HELDOUT),
       crash_point=f'records:{_TEACHER_ROUND}'))
   stages.print_prune_report('Teacher', prune_report)
   return prune_report
@@ -203,13 +205,15 @@ def distill(ctx: stages.RunContext, name: str, init_params: models.Params,
         stage_ctx, round_dir / 'train', [os.fspath(dataset)], init_params,
         seed=workdir_lib.derived_seed(ctx.config.seed, _DISTILLATION_ROUND,
                                       workdir_lib.Stage.DISTILL),
-        crash_prefix=f'{name}:train'))
+        crash_prefix=f'{name}:train',
+        heldout=stages.heldout_dataset(dataset.parent, teacher_report)))
   else:
     print(f'{name}: no teacher trace survived pruning; the student is not '
           'changed.', flush=True)
     params = init_params
   eval_report = timings.time(f'{name}/eval', lambda: stages.evaluate(
-      stage_ctx, params, round_dir, round_index=_DISTILLATION_ROUND))
+      stage_ctx, params, round_dir, round_index=_DISTILLATION_ROUND,
+      extra_metrics=stages.heldout_loss(round_dir / 'train')))
   print(f'{name}: ' + report.metrics_text(eval_report['metrics']),
         flush=True)
   return eval_report

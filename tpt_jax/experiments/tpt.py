@@ -9,11 +9,16 @@
                              fine-tune in round_0/warmup/), evaluated
   DIR/round_<N>/think/       sampled + verified traces, one JSON shard per
                              unit of problems
-  DIR/round_<N>/dataset/     the survivors of pruning, a TFDS dataset
-  DIR/round_<N>/prune.json   traces per filter, kept
-  DIR/round_<N>/train/       checkpoints, TensorBoard events, final_params/
+  DIR/round_<N>/dataset/     the survivors of pruning, a TFDS dataset (its
+                             'heldout' split: survivors held out of training,
+                             with config.prune.num_heldout_examples)
+  DIR/round_<N>/prune.json   traces per filter, kept (and held out)
+  DIR/round_<N>/train/       checkpoints, TensorBoard events, final_params/,
+                             done.json (with the held-out loss)
   DIR/round_<N>/eval/        greedy (and sampled) test completions, shards
   DIR/round_<N>/eval.json    Pass@1 (greedy), pass@k, maj@k on the test split
+                             (and `heldout_loss`, the mean per-token loss of
+                             the held-out examples after the round's training)
   DIR/summary.json           {"rounds": [{"round": N, "metrics": {...}}]}
   DIR/summary.png            the metrics per round
   DIR/tensorboard/           eval metrics per round
@@ -149,12 +154,15 @@ def run_round(ctx: stages.RunContext, round_params: RoundParams,
           round_index=round_index,
           cap_seed=workdir_lib.derived_seed(config.seed, round_index,
                                             Stage.EXAMPLE_CAP),
+          heldout_seed=workdir_lib.derived_seed(config.seed, round_index,
+                                                Stage.HELDOUT),
           crash_point=f'records:{round_index}'))
   stages.print_prune_report(f'Round {round_index}', prune_report)
   params = timings.time(f'round_{round_index}/train', lambda: _train(
       ctx, round_params, round_index, prune_report))
   return timings.time(f'round_{round_index}/eval', lambda: stages.evaluate(
-      ctx, params, round_dir, round_index=round_index))
+      ctx, params, round_dir, round_index=round_index,
+      extra_metrics=stages.heldout_loss(round_dir / 'train')))
 
 
 def _train(ctx: stages.RunContext, round_params: RoundParams,
@@ -175,7 +183,8 @@ def _train(ctx: stages.RunContext, round_params: RoundParams,
       ctx, ctx.round_dir(round_index) / 'train',
       [os.fspath(d) for d in datasets], init,
       seed=workdir_lib.derived_seed(ctx.config.seed, round_index, Stage.TRAIN),
-      crash_prefix=f'train:{round_index}')
+      crash_prefix=f'train:{round_index}',
+      heldout=stages.heldout_dataset(ctx.round_dir(round_index), prune_report))
   round_params.put(round_index, params)
   return params
 
@@ -222,6 +231,8 @@ def _round_row(ctx: stages.RunContext, round_index: int) -> dict[str, Any]:
                                  max(1, prune_report['num_traces']),
         'num_kept': prune_report['num_kept'],
     }
+    if 'num_heldout' in prune_report:
+      entry['data']['num_heldout'] = prune_report['num_heldout']
   return entry
 
 

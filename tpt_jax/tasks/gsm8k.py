@@ -17,11 +17,16 @@ The verifier is `verify.verify_gsm8k` on the completion up to any next
 instruction-tuned models add), falling back to the last number when
 `config.verify.math.last_number_fallback`. `verify_many(..., grader=name)`
 grades by another of `verify.graders` instead: `paper_strict` is the TPT
-authors' regex-and-string-equality protocol, applied to the whole completion.
-Its gold answer here is `Problem.answer`, which is canonical ('1,200' ->
-'1200'); the released protocol compares with GSM8K's text ('1,200'), so on
-the 14 of 1,319 test problems whose answer has a thousands comma the two
-differ: there `#### 1,200` counts for the paper, `#### 1200` here.
+authors' regex-and-string-equality protocol, applied to the whole completion,
+with GSM8K's own answer text as the gold (`Problem.raw_answer`, '1,200'), as
+the released code does: on the 14 of 1,319 test problems (79 of 7,473 train)
+whose answer has a thousands comma, `#### 1,200` is correct and `#### 1200`
+is not, while the default grader accepts both. A problem without a raw
+answer is graded against `Problem.answer`.
+
+A final answer that is not a number (`#### Bob`) is a malformed line of its
+file (`sources.load_gsm8k`: 'FILE:LINE: ...'), raised or skipped as
+`config.task.sources.on_malformed_line` says.
 """
 
 from __future__ import annotations
@@ -73,14 +78,19 @@ def reformat_solution(solution: str, answer: str) -> str:
 
 
 def _to_problem(problem: tasks.Problem) -> tasks.Problem:
-  """The source record with a canonical answer and a reformatted solution."""
+  """The source record with a canonical answer (its text kept as
+  `raw_answer`) and a reformatted solution.
+
+  `sources.load_gsm8k` already refuses a final answer that is not a number,
+  naming its file and line; the check here guards problems from elsewhere.
+  """
   answer = _canonical_number(problem.answer)
   if answer is None:
     raise sources.MalformedInputError(
         f'{problem.problem_id}: final answer {problem.answer!r} is '
         'not a number.')
   return dataclasses.replace(
-      problem, answer=answer,
+      problem, answer=answer, raw_answer=problem.raw_answer or problem.answer,
       solution=reformat_solution(problem.solution, answer))
 
 
@@ -176,7 +186,10 @@ class Gsm8kTask(tasks.WorkedSolutionsFromTrainSplit):
                                last_number_fallback=last_number_fallback)
     if grader != 'paper_strict':  # The paper's protocol reads it all.
       completion = tasks.cut_at_next_question(completion)
-    verdict = grade(completion, problem.answer)
+    # The paper's protocol compares strings with GSM8K's own text ('1,200').
+    reference = (problem.raw_answer or problem.answer
+                 if grader == 'paper_strict' else problem.answer)
+    verdict = grade(completion, reference)
     return verdict.correct, verdict.extracted
 
   def format_prompt(self, problem: tasks.Problem, style: str,

@@ -13,7 +13,9 @@ ending in `#### <gold>`.
   completion, then exact string equality of the captured text with the gold
   answer string. So `1,000 != 1000`, `#### 25.` != `25` (the `.` is
   captured), and `**#### Answer: $500**`, `#### **25**` or a missing `####`
-  are misses.
+  are misses. The GSM8K task passes it GSM8K's own answer text
+  (`Problem.raw_answer`, '1,200'), as the released code does, not our
+  canonical answer ('1200').
 
 Comparing the two shows whether a round's gain is reasoning (both rise) or
 only the `####` format (paper_strict rises, default does not).
