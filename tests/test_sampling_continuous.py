@@ -269,3 +269,26 @@ def test_make_sampler_and_bad_inputs(env):
     sampling.SamplingSettings(refill_fraction=0)
   with pytest.raises(ValueError, match='LoRA'):
     decode_models.check_params({'layer_0': {'lora': {'a': jnp.zeros(1)}}})
+
+
+def test_accelerator_attention_matmuls_equal_the_cpu_reductions():
+  # `paged_attention` reduces on CPU and multiplies matrices elsewhere
+  # (`lax.platform_dependent`); the TPU/GPU forms, run here, give the same
+  # page scores and value sums.
+  rng = np.random.default_rng(0)
+  pages, page_size, kv_heads, group, head_dim = 6, 4, 2, 3, 8
+  queries = jnp.asarray(rng.normal(size=(pages, kv_heads, group, head_dim)),
+                        jnp.bfloat16)
+  k_pages, v_pages = (jnp.asarray(
+      rng.normal(size=(pages, page_size, kv_heads, head_dim)), jnp.bfloat16)
+                      for _ in range(2))
+  weights = jnp.asarray(rng.random((pages, kv_heads, group, page_size)),
+                        jnp.float32)
+  # pylint: disable=protected-access
+  np.testing.assert_allclose(paged_kv._page_logits_dot(queries, k_pages),
+                             paged_kv._page_logits_reduce(queries, k_pages),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(paged_kv._page_values_dot(weights, v_pages),
+                             paged_kv._page_values_reduce(weights, v_pages),
+                             rtol=1e-5, atol=1e-5)
+  # pylint: enable=protected-access

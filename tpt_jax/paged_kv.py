@@ -137,12 +137,7 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
                                logits_soft_cap=logits_soft_cap)
   owner = jnp.maximum(layout.page_owner, 0)
   page_queries = jnp.take(queries, owner, axis=0)  # [N, K, G, D]
-  # Multiply-and-reduce rather than a batched matmul: XLA:CPU runs
-  # thousands of tiny [group, head_dim] x [head_dim, page] dots slowly, while
-  # this fuses into one pass over the pages.
-  logits = jnp.sum(page_queries[:, None].astype(jnp.float32)
-                   * k_pages[:, :, :, None].astype(jnp.float32), axis=-1)
-  logits = jnp.moveaxis(logits, 1, -1)  # [N, K, G, P]
+  logits = _page_logits(page_queries, k_pages)  # [N, K, G, P]
   if logits_soft_cap is not None:
     logits = jnp.tanh(logits / logits_soft_cap) * logits_soft_cap
   key_positions = layout.page_start[:, None] + jnp.arange(page_size)[None, :]
@@ -156,8 +151,7 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
   safe_max = jnp.where(jnp.isfinite(page_max), page_max, 0.0)
   weights = jnp.exp(logits - safe_max[..., None])
   page_sum = jnp.sum(weights, axis=-1)
-  page_out = jnp.sum(jnp.moveaxis(weights, -1, 1)[..., None]
-                     * v_pages[:, :, :, None].astype(jnp.float32), axis=1)
+  page_out = _page_values(weights, v_pages)  # [N, K, G, D]
   # Combine the pages of each slot in its sequence order.
   table = layout.page_table
   slot_page_max = jnp.take(page_max, table, axis=0, mode='fill',
@@ -171,6 +165,52 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
                          fill_value=0.0) * scale[..., None], axis=1)
   out = out / jnp.where(total > 0, total, 1.0)[..., None]
   return out.astype(queries.dtype)
+
+
+def _page_logits(page_queries: jax.Array, k_pages: jax.Array) -> jax.Array:
+  """[N, K, G, P] float32 scores of each page's keys [N, P, K, D] against
+  its owner's queries [N, K, G, D]: `_page_logits_reduce` on CPU,
+  `_page_logits_dot` elsewhere (equal up to float rounding)."""
+  return jax.lax.platform_dependent(page_queries, k_pages,
+                                    cpu=_page_logits_reduce,
+                                    default=_page_logits_dot)
+
+
+def _page_logits_reduce(page_queries: jax.Array, k_pages: jax.Array
+                        ) -> jax.Array:
+  """Multiply-and-reduce in float32: XLA:CPU runs thousands of tiny
+  [group, head_dim] x [head_dim, page] dots slowly, but fuses this into one
+  pass over the pages."""
+  logits = jnp.sum(page_queries[:, None].astype(jnp.float32)
+                   * k_pages[:, :, :, None].astype(jnp.float32), axis=-1)
+  return jnp.moveaxis(logits, 1, -1)
+
+
+def _page_logits_dot(page_queries: jax.Array, k_pages: jax.Array
+                     ) -> jax.Array:
+  """A batched matmul (float32 accumulation): on TPU it reads the pages with
+  about half the bytes the float32 products take (XLA's cost analysis of
+  one Gemma2-2B layer on v5e: 0.22 GB vs 0.38 GB)."""
+  return jnp.einsum('nkgd,npkd->nkgp', page_queries, k_pages,
+                    preferred_element_type=jnp.float32)
+
+
+def _page_values(weights: jax.Array, v_pages: jax.Array) -> jax.Array:
+  """[N, K, G, D] float32 sums of each page's values [N, P, K, D] under its
+  softmax weights [N, K, G, P]; as `_page_logits`, per platform."""
+  return jax.lax.platform_dependent(weights, v_pages,
+                                    cpu=_page_values_reduce,
+                                    default=_page_values_dot)
+
+
+def _page_values_reduce(weights: jax.Array, v_pages: jax.Array) -> jax.Array:
+  return jnp.sum(jnp.moveaxis(weights, -1, 1)[..., None]
+                 * v_pages[:, :, :, None].astype(jnp.float32), axis=1)
+
+
+def _page_values_dot(weights: jax.Array, v_pages: jax.Array) -> jax.Array:
+  return jnp.einsum('nkgp,npkd->nkgd', weights, v_pages.astype(jnp.float32),
+                    preferred_element_type=jnp.float32)
 
 
 def window_pages(sliding_window: int, page_size: int) -> int:
