@@ -271,12 +271,13 @@ def test_make_sampler_and_bad_inputs(env):
     decode_models.check_params({'layer_0': {'lora': {'a': jnp.zeros(1)}}})
 
 
-def test_accelerator_attention_matmuls_equal_the_cpu_reductions():
+@pytest.mark.parametrize('group', [3, 1])
+def test_accelerator_attention_matmuls_equal_the_cpu_reductions(group):
   # `paged_attention` reduces on CPU and multiplies matrices elsewhere
   # (`lax.platform_dependent`); the TPU/GPU forms, run here, give the same
-  # page scores and value sums.
+  # page scores and value sums, with query groups (GQA) and without (GPT-2).
   rng = np.random.default_rng(0)
-  pages, page_size, kv_heads, group, head_dim = 6, 4, 2, 3, 8
+  pages, page_size, kv_heads, head_dim = 6, 4, 2, 8
   queries = jnp.asarray(rng.normal(size=(pages, kv_heads, group, head_dim)),
                         jnp.bfloat16)
   k_pages, v_pages = (jnp.asarray(

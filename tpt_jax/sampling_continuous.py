@@ -212,7 +212,7 @@ def _decode_call(params: models.Params, kv: paged_kv.PagedKV, slots: _Slots,
   was_running = slots.finish == running
   layout = paged_kv.page_layout(page_table, slots.positions, was_running,
                                 num_pages=spec.num_pages,
-                                page_size=spec.page_size)
+                                page_size=spec.page_size, mesh=shardings.mesh)
   num_slots, num_steps = spec.num_slots, spec.steps_per_call
   out = _CallOutput(
       tokens=jnp.zeros((num_slots, num_steps), jnp.int32),
@@ -318,7 +318,7 @@ def _decode_step_call(params: models.Params, kv: paged_kv.PagedKV,
   layout = paged_kv.page_layout(page_table, positions,
                                 jnp.ones(positions.shape, jnp.bool_),
                                 num_pages=spec.num_pages,
-                                page_size=spec.page_size)
+                                page_size=spec.page_size, mesh=shardings.mesh)
   logits, kv = decoder.decode_step(params, tokens, kv, layout)
   return shardings.rows(jnp.argmax(logits, axis=-1)), shardings.pool(kv)
 
