@@ -139,9 +139,16 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
   page_queries = jnp.take(queries, owner, axis=0)  # [N, K, G, D]
   # Multiply-and-reduce rather than a batched matmul: XLA:CPU runs
   # thousands of tiny [group, head_dim] x [head_dim, page] dots slowly, while
-  # this fuses into one pass over the pages.
-  logits = jnp.sum(page_queries[:, None].astype(jnp.float32)
-                   * k_pages[:, :, :, None].astype(jnp.float32), axis=-1)
+  # this fuses into one pass over the pages. Without grouping (G = 1, e.g.
+  # GPT-2) the same sums skip the size-1 axis, which made XLA:CPU's fused
+  # loops ~10x slower (measured: 17 -> 1.4 ms for 1280 pages of 16 x 4 x 16).
+  grouped = queries.shape[2] > 1
+  if grouped:
+    logits = jnp.sum(page_queries[:, None].astype(jnp.float32)
+                     * k_pages[:, :, :, None].astype(jnp.float32), axis=-1)
+  else:
+    logits = jnp.sum(page_queries[:, None, :, 0].astype(jnp.float32)
+                     * k_pages.astype(jnp.float32), axis=-1)[..., None]
   logits = jnp.moveaxis(logits, 1, -1)  # [N, K, G, P]
   if logits_soft_cap is not None:
     logits = jnp.tanh(logits / logits_soft_cap) * logits_soft_cap
@@ -156,8 +163,12 @@ def paged_attention(queries: jax.Array, k_pages: jax.Array,
   safe_max = jnp.where(jnp.isfinite(page_max), page_max, 0.0)
   weights = jnp.exp(logits - safe_max[..., None])
   page_sum = jnp.sum(weights, axis=-1)
-  page_out = jnp.sum(jnp.moveaxis(weights, -1, 1)[..., None]
-                     * v_pages[:, :, :, None].astype(jnp.float32), axis=1)
+  if grouped:
+    page_out = jnp.sum(jnp.moveaxis(weights, -1, 1)[..., None]
+                       * v_pages[:, :, :, None].astype(jnp.float32), axis=1)
+  else:
+    page_out = jnp.sum(jnp.moveaxis(weights[:, :, 0], -1, 1)[..., None]
+                       * v_pages.astype(jnp.float32), axis=1)[:, :, None]
   # Combine the pages of each slot in its sequence order.
   table = layout.page_table
   slot_page_max = jnp.take(page_max, table, axis=0, mode='fill',
