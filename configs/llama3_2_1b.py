@@ -15,7 +15,8 @@ Recipe (`config_lib.set_gsm8k_tpt`): GSM8K read from
 samples per problem at temperature 0.8, keep the correct ones, 3 recursive
 rounds of full fine-tuning; greedy Pass@1, pass@4 and maj@4 on the test
 split each round. Generation also stops at Llama-3's <|end_of_text|>
-(128001) and <|eot_id|> (128009).
+(128001) and <|eot_id|> (128009). Think and Evaluate sample with the
+continuous engine (`config.sampling.engine`'s default), as for Gemma2.
 
 Export a round for lm-evaluation-harness / vLLM:
 

@@ -10,14 +10,18 @@ Run (one 24 GB+ GPU, or TPU v5e-4; 355M student, 774M teacher):
 
 Both paths are Hugging Face directories (`openai-community/gpt2-medium`,
 `openai-community/gpt2-large`: config.json, model.safetensors,
-tokenizer.json); architectures come from their config.json, the shared
-tokenizer from the student's tokenizer.json (or set
-`--config.tokenizer.path`). For the 124M student pass
-`--config.model.variant=gpt2` and its directory. To distil from rationales
-of a larger model of another family instead (e.g. sampled from
-Llama-3.1-8B), pass `--config.sert.teacher.source=traces
+tokenizer.json); architectures come from their config.json, each model's
+tokenizer from its own tokenizer.json (or set `--config.tokenizer.path`,
+`--config.sert.teacher.tokenizer_path`). For the 124M student pass
+`--config.model.variant=gpt2` and its directory. Both sample with the
+continuous engine. A teacher of another family samples the same way, with
+its own tokenizer, and teaches through its traces' text, e.g.
+`--config.sert.teacher.variant=llama3_1_8b
+--config.sert.teacher.checkpoint_path=/ckpts/Llama-3.1-8B` (its traces end
+at its own end ids; the student's stop_token_ids are not applied to it); or
+distil from rationales you bring: `--config.sert.teacher.source=traces
 --config.sert.teacher.traces_path=teacher.jsonl` (schema in
-`tpt_jax/sert.py`).
+`tpt_jax/experiments/sert.py`).
 
 GPT-2 has no chat format and no BOS: prompts are the bare zero-shot
 'Question: ...\nAnswer:\n' text and traces end at <|endoftext|> (50256). Its

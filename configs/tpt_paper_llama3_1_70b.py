@@ -20,7 +20,9 @@ and LoRA): GSM8K (`--config.task.gsm8k_path`), 4-shot prompts in Llama-3's
 chat format (<|start_header_id|>user<|end_header_id|> ... <|eot_id|>), 4
 samples per problem at temperature 0.8, keep the correct ones, 3 recursive
 rounds; greedy Pass@1, pass@4 and maj@4 on the 1319 test problems. Traces
-end at <|eot_id|> (128009) or <|end_of_text|> (128001).
+end at <|eot_id|> (128009) or <|end_of_text|> (128001). Sampling uses the
+continuous engine (the default), on the merged weights (LoRA adapters are
+merged after each round's training).
 
 Measured: not run by us. The TPT paper reports GSM8K Pass@1 for
 Llama-3.1-70B going from 78.6% to 91%.

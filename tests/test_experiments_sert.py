@@ -22,6 +22,7 @@ from tpt_jax import stages
 from tpt_jax import workdir as workdir_lib
 from tpt_jax import models
 from tpt_jax import records
+from tpt_jax import sampling
 from tpt_jax import types
 from tpt_jax.experiments import sert
 from tpt_jax.experiments import sert_config
@@ -100,7 +101,10 @@ def test_sert_filters_follow_config_prune_thresholds():
     ({'sert.strategies': 'correct,reasoning'}, 'config.sert.strategies'),
     ({'sert.teacher.source': 'oracle'}, 'config.sert.teacher.source'),
     ({'sert.teacher.source': 'traces'}, 'config.sert.teacher.traces_path'),
-    ({'sert.teacher.variant': 'gemma2_9b'}, 'share the tokenizer'),
+    ({'sert.teacher.variant': 'gemma2_9b'}, "with the student's tokenizer"),
+    ({'sert.teacher.tokenizer_path': '/no/such/tokenizer.json'},
+     "config.sert.teacher.tokenizer_path='/no/such/tokenizer.json' does not "
+     'exist'),
     ({'sert.teacher.prompt_style': 'few_shot'},
      'config.sert.teacher.prompt_style'),
     ({'mode': 'distill'}, 'config.mode'),
@@ -275,6 +279,107 @@ def test_teacher_from_a_checkpoint_is_loaded(ctx, teacher_checkpoint):
   for loaded, expected in zip(jax.tree.leaves(teacher.base_params),
                               jax.tree.leaves(saved)):
     np.testing.assert_array_equal(np.asarray(loaded), np.asarray(expected))
+
+
+_LLAMA3_SPECIALS = ['<|begin_of_text|>', '<|end_of_text|>',
+                    '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>']
+
+
+@pytest.fixture(scope='module')
+def llama_teacher(ctx, tmp_path_factory):
+  """A tiny random Llama-3 as a Hugging Face directory (config.json,
+  safetensors) with its own tokenizer.json: a byte-level BPE with Llama-3's
+  special tokens, trained on the demo corpus (not the student's vocabulary)."""
+  from tokenizers import decoders, models as bpe_models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp('llama_teacher')
+  tokenizer = tokenizers.Tokenizer(bpe_models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.train_from_iterator(
+      demo.corpus(ctx.config.task.seed, config=ctx.config.task),
+      trainer=trainers.BpeTrainer(
+          # Id 0 is the samplers' padding id: a placeholder holds it.
+          vocab_size=450, special_tokens=['<|unused|>'] + _LLAMA3_SPECIALS,
+          show_progress=False,
+          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tokenizer.save(str(path / 'tokenizer.json'))
+  config = _tiny_config('/unused')
+  config.model.variant = 'llama3_tiny'
+  model = models.build_model(config.model)
+  checkpoints.save_safetensors(model.init_params(jax.random.key(5)),
+                               model.config, path)
+  return path
+
+
+def test_a_teacher_of_another_family_samples_with_its_own_tokenizer(
+    ctx, llama_teacher, tmp_path):
+  """A Llama teacher (its tokenizer from its checkpoint directory) for a
+  Gemma2 student: it samples with the continuous engine and its own
+  tokenizer, and the student's dataset holds its traces as text."""
+  config = _tiny_config(tmp_path / 'run')
+  config.mesh.shape = (1, 1, 1)
+  config.sert.teacher.variant = 'llama3_tiny'
+  config.sert.teacher.checkpoint_path = str(llama_teacher)
+  config.sert.teacher.evaluate = False
+  config.sert.teacher.sampling.num_samples_per_problem = 2
+  config.sert.strategies = 'dedup'  # A random teacher is never right.
+  config.sampling.max_new_tokens = 8
+  config.sampling.batch_size = 4
+  config.sampling.prompt_length_buckets = (128,)
+  config.sampling.stop_token_ids = (7,)  # The student's id: not the teacher's.
+  config_lib.validate(config)
+  run_ctx = dataclasses.replace(
+      ctx, config=config, workdir=tmp_path / 'run',
+      mesh=sharding.make_mesh(config.mesh, jax.devices()[:1]))
+  report = sert.teacher_traces(run_ctx, workdir_lib.Timings(tmp_path))
+  round_dir = tmp_path / 'run' / 'teacher' / 'round_1'
+  think = {(r['problem_id'], r['sample_index']): r['completion']
+           for shard in sorted((round_dir / 'think').glob('shard_*.json'))
+           for r in workdir_lib.read_json(shard)['records']}
+  assert len(think) == report['num_traces'] == 12
+
+  # The reference: the static engine with the teacher's own tokenizer (and
+  # its end-of-text ids), on the teacher's prompts.
+  teacher = sert.load_teacher(run_ctx)
+  assert tokenizer_lib.special_tokens(teacher.tokenizer).family == 'llama3'
+  assert teacher.config.tokenizer.path == str(llama_teacher /
+                                               'tokenizer.json')
+  assert teacher.config.sampling.stop_token_ids == ()
+  settings = dataclasses.replace(
+      stages.sampling_settings(teacher.config.sampling, workdir_lib.derived_seed(
+          config.seed, 1, workdir_lib.Stage.THINK)),
+      eos_token_ids=tokenizer_lib.eos_token_ids(teacher.tokenizer))
+  problems = ctx.train_problems
+  reference = sampling.Sampler(
+      teacher.model, teacher.base_params,
+      tokenizer=teacher.tokenizer).sample_all(
+          [teacher.prompt(p) for p in problems], settings,
+          problem_ids=[p.problem_id for p in problems], show_progress=False)
+  assert think == {(problems[r.problem_index].problem_id, r.sample_index):
+                   r.text for r in reference}
+
+  # The student's records: its zero-shot prompts and the teacher's text,
+  # which the student's tokenizer encodes and decodes back.
+  kept = records.read_round(round_dir / 'dataset')
+  assert len(kept) == report['num_kept'] > 0
+  for record in kept:
+    assert record['completion'] == think[(record['problem_id'],
+                                          record['sample_index'])]
+    assert record['prompt'].startswith('Question: ')
+    student = ctx.tokenizer
+    assert student.decode(student.encode(record['completion'])) == (
+        record['completion'])
+
+
+def test_a_teacher_with_its_own_tokenizer_may_be_of_another_size(
+    llama_teacher):
+  config = _sert_config()
+  config.sert.teacher.variant = 'llama3_1_8b'
+  with pytest.raises(config_lib.ConfigError, match="student's tokenizer"):
+    config_lib.validate(config)
+  config.sert.teacher.tokenizer_path = str(llama_teacher / 'tokenizer.json')
+  config_lib.validate(config)  # A toy student, a library-size teacher.
 
 
 # --- end to end --------------------------------------------------------------

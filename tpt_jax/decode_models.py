@@ -11,14 +11,27 @@ continuous-batching engine needs from a model family instead:
     own position (`layout.positions`), written to its own pages; returns the
     next-token logits.
 
-`Gemma2Decoder` implements it for `gm.nn.Transformer` with the params in the
-library's own layout (the tree `gm.nn.Transformer` uses): prefill *is* the
-library's forward pass; the decode step re-states the library's block
-(pre/post norms, GQA, RoPE, query pre-attention scaling, attention and final
-logit soft-capping, sliding-window layers alternating with global ones) with
-attention over pages. tests/test_sampling_continuous.py checks its logits
-against `gm.nn.Transformer`. Another family adds a class with these two
-methods and a branch in `decoder_for`.
+Every family's prefill *is* its own forward pass (`_prefill`: a dense cache
+as long as the prompts). The decode steps:
+
+  * `LlamaDecoder`, `GPT2Decoder`: the family's own module (`llama.Llama`,
+    `gpt2.GPT2`) applied to one token per slot with a `layers.PagedCache`,
+    which makes its attention (`layers.attend`) write to and read from the
+    slot's pages; RoPE with Llama-3.1's scaling, GQA, RMSNorm and SwiGLU, or
+    GPT-2's learned positions (clamped past `max_positions`, as the static
+    engine's prefill and decode do), biased LayerNorm, GELU and tied
+    embedding, are the module's code, not a copy.
+  * `Gemma2Decoder`: `gm.nn.Transformer` cannot be handed a paged cache, so
+    its decode step re-states the library's block (pre/post norms, GQA, RoPE,
+    query pre-attention scaling, attention and final logit soft-capping,
+    sliding-window layers alternating with global ones) with attention over
+    pages, on the params in the library's own layout.
+
+`decoder_for` picks one by `model.family`. tests/test_decode_models.py checks
+the Llama and GPT-2 paths against the families' full forward pass and the
+static engine; tests/test_sampling_continuous.py the Gemma2 path against
+`gm.nn.Transformer`. Another family adds a class with these two methods and
+an entry in `_DECODERS` (a `layers.Transformer` module: a `_ModuleDecoder`).
 """
 
 from __future__ import annotations
@@ -30,6 +43,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tpt_jax import gpt2
+from tpt_jax import layers
+from tpt_jax import llama
 from tpt_jax import models
 from tpt_jax import paged_kv
 from gemma import gm  # pylint: disable=g-bad-import-order
@@ -64,6 +80,24 @@ class PagedDecoder(Protocol):
                   ) -> tuple[jax.Array, paged_kv.PagedKV]:
     """Feeds `tokens` [slots] at `layout.positions`; returns float32 logits
     [slots, vocab] and the pool with the tokens' keys / values written."""
+
+
+def _prefill(model: models.Model, params: models.Params, tokens: jax.Array,
+             lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`PagedDecoder.prefill` by the family's forward pass (any family: they
+  share `gm.nn.Transformer`'s call contract and cache layout)."""
+  batch, length = tokens.shape
+  index = jnp.arange(length)
+  positions = jnp.broadcast_to(index[None, :], (batch, length))
+  mask = (index[None, None, :] <= index[None, :, None]) & (
+      index[None, None, :] < lengths[:, None, None])
+  cache = model.config.init_cache(batch_size=batch, dtype=model.compute_dtype,
+                                  cache_length=length)
+  out = model.apply(params, tokens, positions=positions, cache=cache,
+                    attention_mask=mask, return_last_only=True)
+  caches = [out.cache[f'layer_{i}'] for i in range(model.config.num_layers)]
+  return (jnp.stack([layer['k'] for layer in caches]),
+          jnp.stack([layer['v'] for layer in caches]))
 
 
 def _rms_norm(x: jax.Array, scale: jax.Array) -> jax.Array:
@@ -103,18 +137,7 @@ class Gemma2Decoder:
 
   def prefill(self, params: models.Params, tokens: jax.Array,
               lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
-    batch, length = tokens.shape
-    index = jnp.arange(length)
-    positions = jnp.broadcast_to(index[None, :], (batch, length))
-    mask = (index[None, None, :] <= index[None, :, None]) & (
-        index[None, None, :] < lengths[:, None, None])
-    cache = self.config.init_cache(batch_size=batch, dtype=self.dtype,
-                                   cache_length=length)
-    out = self.model.apply(params, tokens, positions=positions, cache=cache,
-                           attention_mask=mask, return_last_only=True)
-    layers = [out.cache[f'layer_{i}'] for i in range(self.num_layers)]
-    return (jnp.stack([layer['k'] for layer in layers]),
-            jnp.stack([layer['v'] for layer in layers]))
+    return _prefill(self.model, params, tokens, lengths)
 
   def decode_step(self, params: models.Params, tokens: jax.Array,
                   kv: paged_kv.PagedKV, layout: paged_kv.PageLayout
@@ -183,16 +206,78 @@ class Gemma2Decoder:
     return logits.astype(jnp.float32), kv
 
 
+@dataclasses.dataclass(frozen=True)
+class _ModuleDecoder:
+  """`PagedDecoder` of a `layers.Transformer` family: its module decodes
+  with a `layers.PagedCache` (see the module docstring)."""
+  model: models.Model
+
+  @property
+  def num_layers(self) -> int:
+    return self.model.config.num_layers
+
+  @property
+  def num_kv_heads(self) -> int:
+    return self.model.config.num_kv_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.model.config.head_dim
+
+  @property
+  def vocab_size(self) -> int:
+    return self.model.config.num_embed
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return self.model.compute_dtype
+
+  def prefill(self, params: models.Params, tokens: jax.Array,
+              lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _prefill(self.model, params, tokens, lengths)
+
+  def decode_step(self, params: models.Params, tokens: jax.Array,
+                  kv: paged_kv.PagedKV, layout: paged_kv.PageLayout
+                  ) -> tuple[jax.Array, paged_kv.PagedKV]:
+    out = self.model.apply(params, tokens[:, None],
+                           cache=layers.PagedCache(kv=kv, layout=layout),
+                           return_last_only=True)
+    return out.logits.astype(jnp.float32), out.cache.kv
+
+
+class LlamaDecoder(_ModuleDecoder):
+  """`PagedDecoder` for `llama.Llama` (every Llama-3 variant)."""
+
+
+class GPT2Decoder(_ModuleDecoder):
+  """`PagedDecoder` for `gpt2.GPT2` (every GPT-2 variant)."""
+
+
+# Family -> (its module class, its decode path).
+_DECODERS = {
+    'gemma2': (gm.nn.Transformer, Gemma2Decoder),
+    llama.FAMILY: (llama.Llama, LlamaDecoder),
+    gpt2.FAMILY: (gpt2.GPT2, GPT2Decoder),
+}
+
+
 def decoder_for(model: Any) -> PagedDecoder:
-  """The paged decode path of `model`'s family.
+  """The paged decode path of `model`'s family (`model.family`).
 
   Raises:
-    ValueError: a family without one (use the static engine for it).
+    ValueError: a family without one, or a module that is not the family's
+      plain one (e.g. wrapped, or Gemma with a vision encoder): use the
+      static engine for it.
   """
   module = getattr(model, 'module', None)
-  if isinstance(module, gm.nn.Transformer) and getattr(
-      module.config, 'vision_encoder', None) is None:
-    return Gemma2Decoder(model)
+  try:
+    family = model.family
+  except (AttributeError, TypeError):  # Not a Model, or an unknown config.
+    family = None
+  module_class, decoder = _DECODERS.get(family, (None, None))
+  if (decoder is not None and isinstance(module, module_class) and
+      getattr(module.config, 'vision_encoder', None) is None):
+    return decoder(model)
   raise ValueError(
       f'The continuous sampling engine has no decode path for '
       f'{type(module).__name__}; set config.sampling.engine="static" or add a '

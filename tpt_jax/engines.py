@@ -6,7 +6,10 @@
               slots refilled as rows finish, over a paged KV cache.
 
 Both follow `sampling.Engine` and give the same traces for the same
-settings, up to float rounding.
+settings, up to float rounding. The continuous engine runs every family
+(Gemma2, Llama-3, GPT-2: `decode_models.decoder_for`); a model it has no
+paged decode path for (another module, a wrapped one, Gemma with a vision
+encoder) gets the static engine, with a logged warning.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ def make_sampler(sampling_config: ml_collections.ConfigDict,
 
   Both have `Sampler`'s API (`sample`, `sample_all`, `with_params`) and give
   the same traces for the same settings, up to float rounding; so a model
-  family without a paged decode path (`decode_models.decoder_for`) gets the
-  static engine, with a logged warning.
+  without a paged decode path (`decode_models.decoder_for`: every Gemma2,
+  Llama-3 and GPT-2 model has one) gets the static engine, with a logged
+  warning.
 
   Raises:
     ValueError: an unknown engine name.

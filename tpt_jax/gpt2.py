@@ -14,13 +14,15 @@ gemma's `Einsum` so `gm.nn.LoRA` wraps them), plus what GPT-2 adds:
 `embedder/position_embedding`, the biases (`attn/qkv_bias`,
 `attn/attn_vec_bias`, `mlp/up_bias`, `mlp/linear_bias`, `*_norm/bias`) and
 the ungated MLP input `mlp/up_einsum` `[embed, hidden]`. Positions past
-`max_positions` are clamped to the last learned one (as any gather in JAX).
+`max_positions` are clamped to the last learned one (as any gather in JAX),
+in both sampling engines. Block and model are `layers.PreNormBlock` and
+`layers.Transformer` with GPT-2's norm, attention and MLP.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 from flax import linen as nn
 import jax
@@ -175,22 +177,11 @@ class FeedForward(nn.Module):
     return linear('...H,HF->...F', hidden) + linear_bias.astype(x.dtype)
 
 
-class Block(nn.Module):
+class Block(layers.PreNormBlock):
   """Pre-norm attention and MLP, each with a residual."""
-  config: GPT2Config
-  dtype: Any
-
-  def setup(self):
-    self.pre_attention_norm = LayerNorm(self.config.norm_eps, self.dtype)
-    self.attn = Attention(self.config, self.dtype)
-    self.pre_ffw_norm = LayerNorm(self.config.norm_eps, self.dtype)
-    self.mlp = FeedForward(self.config, self.dtype)
-
-  def __call__(self, x, positions, cache, attention_mask):
-    cache, attended = self.attn(self.pre_attention_norm(x), positions, cache,
-                                attention_mask)
-    x = x + attended
-    return cache, x + self.mlp(self.pre_ffw_norm(x))
+  norm_class = LayerNorm
+  attention_class = Attention
+  feed_forward_class = FeedForward
 
 
 class Embedder(nn.Module):
@@ -215,43 +206,13 @@ class Embedder(nn.Module):
     return jnp.dot(x, self.input_embedding.T)
 
 
-class GPT2(nn.Module):
-  """GPT-2 with `gm.nn.Transformer`'s call contract (see `tpt_jax.layers`).
-
-  Attributes:
-    config: the architecture.
-    dtype: dtype of the params it creates.
-    remat: run each block under `nn.remat` when there is no cache.
-    remat_policy: a `jax.checkpoint_policies` policy (None: save nothing).
-  """
-  config: GPT2Config
-  dtype: Any = jnp.bfloat16
-  remat: bool = False
-  remat_policy: Callable[..., Any] | None = None
-
-  def setup(self):
-    self.embedder = Embedder(self.config, self.dtype)
-    self.blocks = [Block(self.config, self.dtype, name=f'layer_{i}')
-                   for i in range(self.config.num_layers)]
-    self.final_norm = LayerNorm(self.config.norm_eps, self.dtype)
-
-  def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-               cache: layers.Cache | None = None,
-               attention_mask: jax.Array | None = None,
-               return_last_only: bool | None = None,
-               return_hidden_states: bool | None = None) -> layers.Output:
-    positions, attention_mask = layers.default_inputs(
-        tokens, positions, attention_mask, cache)
-    x = self.embedder.encode(tokens, positions)
-    x, new_cache = layers.run_blocks(
-        self.blocks, x, positions=positions, cache=cache,
-        attention_mask=attention_mask, remat=self.remat,
-        remat_policy=self.remat_policy)
-    x = self.final_norm(x)
-    if return_last_only:
-      x = layers.last_only(x)
-    return layers.Output(logits=self.embedder.decode(x), cache=new_cache,
-                         hidden_states=x if return_hidden_states else None)
+class GPT2(layers.Transformer):
+  """GPT-2 with `gm.nn.Transformer`'s call contract (see `tpt_jax.layers`);
+  fields as `layers.Transformer`'s (`config`: a `GPT2Config`, `dtype`,
+  `remat`, `remat_policy`)."""
+  embedder_class = Embedder
+  block_class = Block
+  norm_class = LayerNorm
 
 
 # ------------------------------------------------------------ HF mapping ---

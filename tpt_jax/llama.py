@@ -11,14 +11,17 @@ The param tree uses gemma's names wherever the weight plays the same role
 `final_norm`), built from gemma's `Einsum` layer, so that the sharding table,
 `gm.nn.LoRA` and our LoRA merge apply unchanged. Only the untied output
 projection is new: `embedder/output_embedding` `[vocab, embed]`. The module
-honours `gm.nn.Transformer`'s call contract (see `tpt_jax.layers`).
+honours `gm.nn.Transformer`'s call contract (see `tpt_jax.layers`); its block
+and model are `layers.PreNormBlock` and `layers.Transformer` with Llama's
+norm, attention and MLP, and it decodes for the continuous engine too (a
+`layers.PagedCache`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 from flax import linen as nn
 import jax
@@ -226,22 +229,11 @@ class FeedForward(nn.Module):
     return linear('...H,HF->...F', activations)
 
 
-class Block(nn.Module):
+class Block(layers.PreNormBlock):
   """Pre-norm attention and MLP, each with a residual."""
-  config: LlamaConfig
-  dtype: Any
-
-  def setup(self):
-    self.pre_attention_norm = RMSNorm(self.config.norm_eps, self.dtype)
-    self.attn = Attention(self.config, self.dtype)
-    self.pre_ffw_norm = RMSNorm(self.config.norm_eps, self.dtype)
-    self.mlp = FeedForward(self.config, self.dtype)
-
-  def __call__(self, x, positions, cache, attention_mask):
-    cache, attended = self.attn(self.pre_attention_norm(x), positions, cache,
-                                attention_mask)
-    x = x + attended
-    return cache, x + self.mlp(self.pre_ffw_norm(x))
+  norm_class = RMSNorm
+  attention_class = Attention
+  feed_forward_class = FeedForward
 
 
 class Embedder(nn.Module):
@@ -259,7 +251,8 @@ class Embedder(nn.Module):
           'output_embedding', nn.initializers.normal(0.02),
           (c.num_embed, c.embed_dim), self.dtype)
 
-  def encode(self, tokens):
+  def encode(self, tokens, positions):
+    del positions  # Rotary: positions enter the attention.
     return self.input_embedding[(tokens,)]
 
   def decode(self, x):
@@ -268,43 +261,13 @@ class Embedder(nn.Module):
     return jnp.dot(x, table.T)
 
 
-class Llama(nn.Module):
-  """A Llama-3 transformer with `gm.nn.Transformer`'s call contract.
-
-  Attributes:
-    config: the architecture.
-    dtype: dtype of the params it creates.
-    remat: run each block under `nn.remat` when there is no cache.
-    remat_policy: a `jax.checkpoint_policies` policy (None: save nothing).
-  """
-  config: LlamaConfig
-  dtype: Any = jnp.bfloat16
-  remat: bool = False
-  remat_policy: Callable[..., Any] | None = None
-
-  def setup(self):
-    self.embedder = Embedder(self.config, self.dtype)
-    self.blocks = [Block(self.config, self.dtype, name=f'layer_{i}')
-                   for i in range(self.config.num_layers)]
-    self.final_norm = RMSNorm(self.config.norm_eps, self.dtype)
-
-  def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-               cache: layers.Cache | None = None,
-               attention_mask: jax.Array | None = None,
-               return_last_only: bool | None = None,
-               return_hidden_states: bool | None = None) -> layers.Output:
-    positions, attention_mask = layers.default_inputs(
-        tokens, positions, attention_mask, cache)
-    x = self.embedder.encode(tokens)
-    x, new_cache = layers.run_blocks(
-        self.blocks, x, positions=positions, cache=cache,
-        attention_mask=attention_mask, remat=self.remat,
-        remat_policy=self.remat_policy)
-    x = self.final_norm(x)
-    if return_last_only:
-      x = layers.last_only(x)
-    return layers.Output(logits=self.embedder.decode(x), cache=new_cache,
-                         hidden_states=x if return_hidden_states else None)
+class Llama(layers.Transformer):
+  """A Llama-3 transformer with `gm.nn.Transformer`'s call contract; fields
+  as `layers.Transformer`'s (`config`: a `LlamaConfig`, `dtype`, `remat`,
+  `remat_policy`)."""
+  embedder_class = Embedder
+  block_class = Block
+  norm_class = RMSNorm
 
 
 # ------------------------------------------------------------ HF mapping ---

@@ -34,11 +34,15 @@ traces, verified and pruned the same way.
   DIR/sert_summary.png, DIR/timings.json
 
 Teachers (`config.sert.teacher.source`):
-  'model'   a Gemma2 checkpoint (`variant`, `checkpoint_path`, ...; e.g.
-            Gemma2-9B teaching Gemma2-2B) sampled with our Sampler. Teacher
-            and student share the tokenizer, so both are library variants or
-            both toy variants. A toy teacher without a checkpoint is the
-            student's architecture trained longer (`teacher.warmup`).
+  'model'   a checkpoint of any family (`variant`, `checkpoint_path`, ...;
+            e.g. Gemma2-9B teaching Gemma2-2B, or Llama teaching GPT-2)
+            sampled with our engines and its own tokenizer
+            (`tokenizer_path`, else the one in its checkpoint directory);
+            its traces are text, which the student's records re-tokenize.
+            A teacher without a tokenizer of its own shares the student's,
+            so both are library variants or both toy variants. A toy
+            teacher without a checkpoint is the student's architecture
+            trained longer (`teacher.warmup`).
   'traces'  `traces_path`: a JSONL file of rationales or a round dataset
             directory (schema: `experiments.teacher_traces`). Lines naming
             problems outside the run's train problems are skipped (counted
@@ -68,6 +72,7 @@ from tpt_jax import config_fields
 from tpt_jax import models
 from tpt_jax import report
 from tpt_jax import stages
+from tpt_jax import tokenizer as tokenizer_lib
 from tpt_jax import workdir as workdir_lib
 from tpt_jax.experiments import sert_config
 from tpt_jax.experiments import teacher_traces as teacher_file
@@ -98,21 +103,48 @@ _DISTILLATION_ROUND = 1
 # ----------------------------------------------------------------------------
 
 
+def _teacher_tokenizer(ctx: stages.RunContext) -> tokenizer_lib.Tokenizer:
+  """The teacher's own tokenizer (`sert_config.teacher_tokenizer_path`),
+  else the student's."""
+  path = sert_config.teacher_tokenizer_path(ctx.config)
+  if path is None:
+    return ctx.tokenizer
+  field = ('tokenizer_path' if ctx.config.sert.teacher.tokenizer_path
+           else 'checkpoint_path')
+  try:
+    return tokenizer_lib.load_tokenizer(path)
+  except (FileNotFoundError, ValueError) as e:
+    raise config_fields.ConfigError(
+        f'config.sert.teacher.{field}: the teacher\'s tokenizer {path!r} '
+        f'does not load: {e}') from e
+
+
 def load_teacher(ctx: stages.RunContext) -> stages.RunContext:
-  """A context of the teacher: its model and starting params, the student's
-  mesh, tokenizer and problems, DIR/teacher as workdir."""
+  """A context of the teacher: its model, starting params and tokenizer
+  (its own, else the student's), the student's mesh and problems,
+  DIR/teacher as workdir."""
   config = sert_config.teacher_config(ctx.config)
+  tokenizer = _teacher_tokenizer(ctx)
   model, params = checkpoints.model_and_params(config, ctx.mesh)
+  if tokenizer.vocab_size > model.config.num_embed:
+    raise config_fields.ConfigError(
+        f'The teacher\'s tokenizer has {tokenizer.vocab_size} tokens, more '
+        f'than its model\'s vocabulary ({model.config.num_embed}); set '
+        'config.sert.teacher.tokenizer_path to the tokenizer its checkpoint '
+        'was trained with.')
+  own = tokenizer is not ctx.tokenizer
   print(f'Teacher: {config.model.variant}, '
         f'{models.count_params(params) / 1e6:.2f}M params'
         + (f' from {config.checkpoint.path}' if config.checkpoint.path else
-           ' (random init)') + '.', flush=True)
-  # A teacher of the student's architecture (a toy teacher trained longer)
-  # reuses the student's compiled sampling programs.
-  engine = ctx.engine if model == ctx.model else None
+           ' (random init)')
+        + (f', tokenizer {config.tokenizer.path}' if own else '') + '.',
+        flush=True)
+  # A teacher of the student's architecture and tokenizer (a toy teacher
+  # trained longer) reuses the student's compiled sampling programs.
+  engine = ctx.engine if model == ctx.model and not own else None
   return dataclasses.replace(
       ctx, config=config, workdir=ctx.workdir / TEACHER_DIR, model=model,
-      base_params=params, engine=engine)
+      tokenizer=tokenizer, base_params=params, engine=engine)
 
 
 def teacher_traces(ctx: stages.RunContext, timings: Any

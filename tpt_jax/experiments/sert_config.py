@@ -6,12 +6,16 @@ sampling and filters); `teacher_config` the one the teacher runs with.
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 import ml_collections
 
 from tpt_jax import config_fields
 from tpt_jax import models
 from tpt_jax import prune
 from tpt_jax import stages
+from tpt_jax import tokenizer as tokenizer_lib
 
 TEACHER_SOURCES = ('model', 'traces', 'none')
 TEACHER_PROMPT_STYLES = ('zero_shot', 'zero_shot_cot')
@@ -46,6 +50,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.teacher.compute_dtype = config_fields.optional(str)
   c.teacher.checkpoint_path = config_fields.optional(str)
   c.teacher.checkpoint_format = 'auto'
+  # The tokenizer the teacher samples with (a tokenizer.json, a sentencepiece
+  # .model, or a directory holding one); None: the one in checkpoint_path's
+  # directory, else the student's. Its traces are text, which the student's
+  # records re-tokenize, so a teacher of another family (e.g. Llama for a
+  # GPT-2 or Gemma2 student) can teach. A teacher with its own tokenizer
+  # ignores config.sampling.stop_token_ids (the student's ids).
+  c.teacher.tokenizer_path = config_fields.optional(str)
   # The teacher's prompts (the student always gets zero-shot ones); no
   # exemplars, so no train problem is set aside for them.
   c.teacher.prompt_style = 'zero_shot_cot'
@@ -110,18 +121,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         'directory).')
   if teacher.source != 'model':
     return
+  if teacher.tokenizer_path and not pathlib.Path(
+      teacher.tokenizer_path).exists():
+    raise config_fields.ConfigError(
+        f'config.sert.teacher.tokenizer_path={teacher.tokenizer_path!r} does '
+        'not exist (a tokenizer.json, a sentencepiece .model, or a directory '
+        'holding one).')
   variant = teacher.variant or config.model.variant
   if variant not in models.MODEL_VARIANTS:
     raise config_fields.ConfigError(
         f'config.sert.teacher.variant={variant!r} is not one of '
         f'{", ".join(models.MODEL_VARIANTS)}.')
-  if (variant in models.TOY_VARIANTS) != (
-      config.model.variant in models.TOY_VARIANTS):
+  if teacher_tokenizer_path(config) is None and (
+      variant in models.TOY_VARIANTS) != (
+          config.model.variant in models.TOY_VARIANTS):
     raise config_fields.ConfigError(
         f'config.sert.teacher.variant={variant!r} cannot teach '
-        f'config.model.variant={config.model.variant!r}: teacher and student '
-        'share the tokenizer, so both must be Gemma2 library variants or both '
-        'toy variants.')
+        f'config.model.variant={config.model.variant!r} with the student\'s '
+        'tokenizer: a teacher without its own (config.sert.teacher.'
+        'tokenizer_path, or one in its checkpoint directory) shares the '
+        "student's, so both must be library variants or both toy variants.")
   for field in ('param_dtype', 'compute_dtype'):
     if teacher[field] is not None and teacher[field] not in config_fields.DTYPES:
       raise config_fields.ConfigError(
@@ -137,6 +156,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f'one of {", ".join(TEACHER_PROMPT_STYLES)}.')
   _check_sampling(teacher.sampling, 'sert.teacher.sampling')
   stages.validate_warmup(teacher.warmup, 'sert.teacher.warmup')
+
+
+def teacher_tokenizer_path(config: ml_collections.ConfigDict) -> str | None:
+  """The teacher's own tokenizer: `config.sert.teacher.tokenizer_path`, else
+  the tokenizer file of its checkpoint directory (as the student's is
+  found); None: it has none and shares the student's."""
+  teacher = config.sert.teacher
+  if teacher.tokenizer_path:
+    return teacher.tokenizer_path
+  if teacher.checkpoint_path and pathlib.Path(
+      teacher.checkpoint_path).is_dir():
+    try:
+      return os.fspath(tokenizer_lib.find_tokenizer_file(
+          teacher.checkpoint_path))
+    except FileNotFoundError:
+      return None
+  return None
 
 
 def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -156,8 +192,9 @@ def self_training_config(config: ml_collections.ConfigDict
 
 def teacher_config(config: ml_collections.ConfigDict
                    ) -> ml_collections.ConfigDict:
-  """The config the teacher runs with: its model, checkpoint, prompt style,
-  sampling and warm-up; SERT's filters; everything else the student's."""
+  """The config the teacher runs with: its model, checkpoint, tokenizer (if
+  it has its own), prompt style, sampling and warm-up; SERT's filters;
+  everything else the student's."""
   teacher = config.sert.teacher
   copy = _copy(config)
   copy.model.variant = teacher.variant or config.model.variant
@@ -166,6 +203,13 @@ def teacher_config(config: ml_collections.ConfigDict
                               config.model.compute_dtype)
   copy.checkpoint.path = teacher.checkpoint_path
   copy.checkpoint.format = teacher.checkpoint_format
+  own_tokenizer = teacher_tokenizer_path(config)
+  if own_tokenizer is not None:
+    copy.tokenizer.path = own_tokenizer
+    # Ids of the student's vocabulary mean nothing in the teacher's; its
+    # traces end at its tokenizer's end ids (`stages.think`) or at the stop
+    # strings (text).
+    copy.sampling.stop_token_ids = ()
   copy.task.prompt_style = teacher.prompt_style
   for field in SAMPLING_FIELDS:
     copy.sampling[field] = teacher.sampling[field]
