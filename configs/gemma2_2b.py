@@ -22,26 +22,28 @@ the largest bucket):
 
   python -m tpt_jax.plan --config=configs/gemma2_2b.py --topology=v5e-8
     does NOT fit (exit 3): train_step 51.5 of 16 GiB (47.8 GiB of
-    temporaries), think decode 30.0 GiB (256 rows x 2,431 cache slots),
-    think prefill 20.3 GiB, eval prefill 28.3 GiB. Compiled in 13 min here.
+    temporaries at 8 rows of 1,024 tokens per chip). 13 min here.
   ... --topology=v4-8
-    does NOT fit (exit 3): train_step 56.7 of 32 GiB, decode 59.8 GiB, eval
-    prefill 38.2 GiB; think prefill fits (20.0 GiB). 20 min here.
-  ... --topology=v5e-8 --config.train.grad_accum_steps=8 \
-      --config.sampling.batch_size=128 \
-      --config.sampling.prompt_length_buckets='(256,384,512,768,1024)'
-    sampling fits (decode 7.8 GiB, prefill 6.0 GiB; a decode step over the
-    full 1,407-slot cache est. 20.8 ms, 18% of the HBM roofline by XLA's
-    bytes accessed); still over: train_step 18.1 GiB (3.7 GiB params +
-    AdamW state, 14.4 GiB temporaries at 1 row per chip and micro-batch;
-    est. MFU 25%) and the greedy eval prefill 18.1 GiB (128 prompts of 1,024
-    tokens). Est. round if it fit (`plan.estimate_round` on these step
-    times; 485-token prompts, 50% of samples kept): 43 min (think 29, train
-    7, eval 7). 43 min here.
-  GSM8K 4-shot prompts are under ~900 tokens, so the 1,024 bucket cap is
-  safe for this task. Not yet compiled: larger slices (v5e-16, v4-16), a
-  tensor axis, Adafactor or bf16 master weights, which would cut the train
-  step's parameter copies.
+    does NOT fit (exit 3): train_step 56.7 of 32 GiB. 20 min here.
+  ... --topology=v5e-8 --config.train.grad_accum_steps=8
+    train_step still over: 18.1 GiB (3.7 GiB params + AdamW state, 14.4 GiB
+    temporaries at 1 row per chip and micro-batch; est. MFU 25%).
+  ... --topology=v5e-8 --programs=think
+    Think (the continuous engine, 256 slots, a pool of 320 tokens per slot)
+    fits on this config's sampling mesh (`mesh.sampling_shape=(-1, 1, 1)`:
+    params replicated, slots over the 8 chips): prefill of 8 prompts of
+    2,048 tokens 8.7 GiB (est. 47 ms), decode call 6.1 GiB; a decode step
+    6.0 GiB, est. 26.6 ms (bytes accessed / HBM bandwidth), 29% of the HBM
+    roofline (the step's arguments read once). On the training mesh
+    (fsdp=8) the step is 2.0 GiB but est. 27.5 ms and 8%, before the
+    all-gather of 4.3 GiB of weights per step over ICI that the estimate
+    leaves out. 9 min here.
+  The static engine (`sampling.engine='static'`) needs far more: its decode
+  holds 256 rows x 2,431 cache slots (30.0 GiB on v5e-8).
+  GSM8K 4-shot prompts are under ~900 tokens, so capping the buckets at
+  1,024 is safe for this task. Not yet compiled: larger slices (v5e-16,
+  v4-16), a tensor axis, Adafactor or bf16 master weights, which would cut
+  the train step's parameter copies.
 
 Measured: not yet run end to end by us; the TPT paper reports GSM8K Pass@1
 going from 41.9% to 57.6% for Gemma2-2B.
@@ -54,4 +56,7 @@ def get_config():
   config = config_lib.base_config()
   config.model.variant = 'gemma2_2b'
   config_lib.set_gsm8k_tpt(config)
+  # Sampling reads every weight once per token: keep them on each chip (5.2
+  # GB in bfloat16) and split the slots instead (see "Hardware").
+  config.mesh.sampling_shape = (-1, 1, 1)
   return config

@@ -1,7 +1,7 @@
 r"""Gemma2-9B: Think, Prune, Train on GSM8K.
 
 Run (params and optimizer state are sharded FSDP over the `fsdp` mesh axis;
-see "Hardware": not yet shown to fit a v5e-16 or a v4-16 as configured, so
+see "Hardware": as configured it does not fit a v5e-16 or a v4-16, so
 plan your slice first with `python -m tpt_jax.plan`):
 
   python -m tpt_jax.main --config=configs/gemma2_9b.py \
@@ -17,17 +17,16 @@ fine-tuning; greedy Pass@1, pass@4 and maj@4 on the test split each round.
 Hardware (`python -m tpt_jax.plan`: libtpu's compiler on a CPU host, no
 TPU attached; bytes per chip):
 
-  The defaults are not compiled yet (a 9B program takes 20+ min per
-  compile on our shared 2-core host). The plan's argument bytes from the
-  shardings alone (printed before compiling):
-    v5e-16 (fsdp=16): train_step 6.5 GiB (f32 params + AdamW state); the
-      sampler's decode takes a 10.5 GiB KV cache (256 rows x 2,048-slot
-      prompt bucket) and grows it to 12.5 GiB.
-    v4-16 (fsdp=8): train_step 12.9 GiB; decode cache 21.0 -> 24.9 GiB.
-  Gemma2-2B's compiled decode needed ~3x its final cache in temporaries and
-  its train step 48 GiB of temporaries at these batch settings (see
-  configs/gemma2_2b.py), so expect these defaults not to fit either slice;
-  start from the 2B overrides (grad_accum_steps=8, sampling.batch_size=128,
+  python -m tpt_jax.plan --config=configs/gemma2_9b.py --topology=v5e-16
+    does NOT fit (exit 3; 10 min here): train_step 52.7 of 15.75 GiB (2.2
+    GiB params + 4.3 GiB AdamW state, 46.2 GiB temporaries at 4 rows of
+    1,024 tokens per chip); the continuous engine's prefill of 16 prompts of
+    2,048 tokens 21.5 GiB (over). Its decode (256 slots, 1.6 GiB page pool)
+    fits: 3.2 GiB, a step est. 39.6 ms, 9% of the HBM roofline on fsdp=16
+    (the weights are all-gathered every step; a tensor axis for sampling,
+    `--config.mesh.sampling_shape='(-1,1,4)'`, keeps them local).
+  On v4-16 the defaults do not fit either (the train step's temporaries, as
+  above); start from the 2B overrides (grad_accum_steps=8, sampling.batch_size=128,
   prompt buckets up to 1,024) and check with the plan:
     python -m tpt_jax.plan --config=configs/gemma2_9b.py --topology=v4-16 \
         --config.train.grad_accum_steps=8 --config.sampling.batch_size=128 \
@@ -36,7 +35,8 @@ TPU attached; bytes per chip):
   (8 min here) at 31.7 GiB per chip: 12.9 GiB params + AdamW state, 18.7 GiB
   temporaries, est. 4.5 s per step, est. MFU 38%; that is over the 30.75 GiB
   XLA leaves a v4 chip, so the plan now exits 3 for it. With --programs=think
-  the Think programs fit (11 min here): decode 22.9 GiB, prefill 10.3 GiB, a
+  the static engine's Think programs (measured before the continuous engine
+  became the default) fit (11 min here): decode 22.9 GiB, prefill 10.3 GiB, a
   decode step over the full 1,407-slot cache est. 35 ms. Eval programs are
   not compiled yet.
 
