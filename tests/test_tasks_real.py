@@ -13,7 +13,6 @@ from tpt_jax import config as config_lib
 from tpt_jax import sources
 from tpt_jax import tasks
 from tpt_jax import verify
-from tpt_jax.tasks import gsm8k
 from tpt_jax.tasks import mbpp
 
 
@@ -235,18 +234,36 @@ def test_gsm8k_reads_a_file_and_respects_on_malformed_line(tmp_path):
   # A final answer that is not a number is malformed too.
   not_a_number = {'question': 'Who?', 'answer': 'Ann.\n#### Ann'}
   path.write_text(json.dumps(good) + '\n' + json.dumps(not_a_number) + '\n')
-  with pytest.raises(sources.MalformedInputError, match='gsm8k/train/1'):
+  with pytest.raises(sources.MalformedInputError) as error:
     task.load_problems('train', _config('gsm8k', gsm8k_path=str(path)))
+  # Named by file and line (it once named only 'gsm8k/train/1').
+  assert str(error.value) == (f"{path}:2: gsm8k/train/1: final answer 'Ann' "
+                              'is not a number.')
   assert task.load_problems('train', config) == expected
+
+
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_gsm8k_empty_split_file_is_an_error_naming_it(tmp_path, split):
+  good = json.dumps({'question': 'How many?', 'answer': 'Two.\n#### 2'})
+  for name in ('train', 'test'):
+    (tmp_path / f'{name}.jsonl').write_text('' if name == split else good)
+  config = _config('gsm8k', gsm8k_path=str(tmp_path))
+  config.sources.on_malformed_line = 'skip'  # Not a malformed line.
+  with pytest.raises(sources.MalformedInputError,
+                     match=re.escape(f'{tmp_path / split}.jsonl: the file '
+                                     'holds no records.')):
+    tasks.get_task('gsm8k').load_problems(split, config)
 
 
 @pytest.mark.parametrize('spec, data_dir', [
     ('tfds', None), ('tfds:/data/tfds', '/data/tfds')])
 def test_gsm8k_tfds_spec_goes_to_the_tfds_loader(spec, data_dir, monkeypatch):
   calls = []
-  def fake_load(path_or_tfds, split, *, on_error, tfds_data_dir=None):
+  def fake_load(path_or_tfds, split, *, on_error, tfds_data_dir=None,
+                convert):
     calls.append((path_or_tfds, split, on_error, tfds_data_dir))
-    return [sources.Problem('gsm8k/test/0', 'Q?', '5', 'So 5.\n#### 5')]
+    return [convert(sources.Problem('gsm8k/test/0', 'Q?', '5',
+                                    'So 5.\n#### 5'))]
   monkeypatch.setattr(sources, 'load_gsm8k', fake_load)
   problems = tasks.get_task('gsm8k').load_problems(
       'test', _config('gsm8k', gsm8k_path=spec))
