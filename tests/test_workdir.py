@@ -77,6 +77,20 @@ def test_a_finished_workdir_is_not_written_on_resume(tmp_path):
   assert path.stat().st_mtime_ns == mtime
 
 
+def test_a_moved_workdir_or_fewer_rounds_write_no_config(tmp_path):
+  """Resumable differences (the workdir's path, loop.num_rounds) leave the
+  saved config, that of the start, untouched."""
+  workdir_lib.check_or_save_config(tmp_path, _config())
+  (tmp_path / 'round_0').mkdir()
+  path = tmp_path / workdir_lib.CONFIG_FILE
+  before = (path.read_text(), path.stat().st_mtime_ns)
+  moved = _config()
+  moved.workdir = '/mounted/read-only/elsewhere'
+  moved.loop = ml_collections.ConfigDict({'num_rounds': 0})
+  workdir_lib.check_or_save_config(tmp_path, moved)
+  assert (path.read_text(), path.stat().st_mtime_ns) == before
+
+
 def test_another_config_or_an_old_layout_is_refused(tmp_path):
   workdir_lib.check_or_save_config(tmp_path, _config())
   (tmp_path / 'round_0').mkdir()  # Something was computed with it.
