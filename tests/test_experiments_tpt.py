@@ -126,6 +126,9 @@ def test_killed_at_every_stage_then_rerun_gives_identical_outputs(
   result = run_main(config_file, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert _outputs(workdir) == _outputs(reference_dir)
+  # What the killed writes left (JSON temporaries, a dataset's staging
+  # directory) is gone.
+  assert [str(p) for p in workdir.rglob('.*') if '.tmp' in p.name] == []
 
 
 def test_a_changed_config_of_a_started_workdir_is_refused(

@@ -118,3 +118,18 @@ def test_timings_of_a_rerun_are_merged_not_lost(tmp_path):
   before = (tmp_path / workdir_lib.TIMINGS_FILE).read_text()
   workdir_lib.Timings(tmp_path).save()
   assert (tmp_path / workdir_lib.TIMINGS_FILE).read_text() == before
+
+
+def test_prepare_removes_temporaries_of_killed_json_writes(tmp_path):
+  shards = tmp_path / 'round_1' / 'think'
+  shards.mkdir(parents=True)
+  stale = [tmp_path / '.summary.json.0a1b2c3d.tmp',
+           shards / '.shard_00000.json.deadbeef.tmp']
+  for path in stale:
+    path.write_text('{"records": [')  # Killed mid-write.
+  kept = [shards / 'shard_00001.json', tmp_path / '.processes']
+  kept[0].write_text('{}')
+  kept[1].mkdir()
+  workdir_lib.prepare(_config(), tmp_path)
+  assert [p for p in stale if p.exists()] == []
+  assert all(p.exists() for p in kept)
