@@ -58,7 +58,7 @@ def bench_math(data_dir: pathlib.Path, num_workers: int) -> None:
   print(f'math (GSM8K train, {len(problems)} solutions): {correct} correct, '
         f'{elapsed:.2f} s, {len(problems) / elapsed:,.0f} verifications/s '
         '(one process)')
-  items = [(p.reference_solution, p.reference_answer) for p in problems]
+  items = [(p.solution, p.answer) for p in problems]
   start = time.perf_counter()
   with parallel.WorkerPool(math_answers.verify_gsm8k, timeout_s=5.0,
                            num_workers=num_workers) as pool:

@@ -126,7 +126,7 @@ def main() -> None:
   parser.add_argument('--data_dir', type=pathlib.Path,
                       default=REPO_ROOT / '..' / 'shared' / 'data')
   args = parser.parse_args()
-  solutions = [p.reference_solution for p in
+  solutions = [p.solution for p in
                sources.load_gsm8k(args.data_dir / 'gsm8k', 'train')[:2000]]
   references = ('5', '18', '1,000', '\\frac{1}{2}', '#### 72', 'x')
   calls = _graders()

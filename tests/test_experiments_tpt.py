@@ -6,8 +6,12 @@ SIGKILL the process. They share a persistent compilation cache so that the
 reruns do not recompile.
 """
 
+import hashlib
 import json
+import os
 import pathlib
+import shutil
+import stat
 
 import pytest
 
@@ -76,7 +80,11 @@ def _outputs(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(config_file, run_main, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  result = run_main(config_file, workdir)
+  umask = os.umask(0o022)  # (The run inherits it: see test_file_modes...)
+  try:
+    result = run_main(config_file, workdir)
+  finally:
+    os.umask(umask)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result
 
@@ -118,6 +126,9 @@ def test_killed_at_every_stage_then_rerun_gives_identical_outputs(
   result = run_main(config_file, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert _outputs(workdir) == _outputs(reference_dir)
+  # What the killed writes left (JSON temporaries, a dataset's staging
+  # directory) is gone.
+  assert [str(p) for p in workdir.rglob('.*') if '.tmp' in p.name] == []
 
 
 
@@ -362,3 +373,88 @@ def test_heldout_examples_are_set_aside_and_their_loss_reported(tmp_path):
   assert summary['rounds'][1]['data']['num_heldout'] == 5
   assert 'heldout_loss' not in summary['rounds'][0]['metrics']
   assert 'heldout_loss' in tpt.format_table(summary)
+
+
+def test_file_modes_follow_the_umask(uninterrupted):
+  """Run under umask 022, every file is 0644 and every directory 0755 (JSON
+  written through mkstemp was 0600 whatever the umask)."""
+  workdir, _ = uninterrupted
+  modes = {str(p.relative_to(workdir)): stat.S_IMODE(p.stat().st_mode)
+           for p in workdir.rglob('*')}
+  assert {'config.json', 'summary.json', 'timings.json', 'round_1/eval.json',
+          'round_1/think/shard_00000.json'} <= set(modes)
+  wrong = {name: oct(mode) for name, mode in modes.items()
+           if mode != (0o755 if (workdir / name).is_dir() else 0o644)}
+  assert not wrong
+
+
+def _state(workdir):
+  """Every path under `workdir` (and itself): mode, mtime, content digest."""
+  state = {}
+  for path in [workdir, *sorted(workdir.rglob('*'))]:
+    info = path.lstat()
+    state[str(path.relative_to(workdir))] = (
+        info.st_mode, info.st_mtime_ns,
+        hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+        else None)
+  return state
+
+
+def _set_writable(workdir, writable):
+  for path in [workdir, *workdir.rglob('*')]:
+    mode = stat.S_IMODE(path.lstat().st_mode)
+    os.chmod(path, mode | 0o200 if writable else mode & ~0o222)
+
+
+def test_a_finished_workdir_is_resumed_without_writing(
+    config_file, run_main, uninterrupted, tmp_path):
+  """A finished workdir on a read-only filesystem resumes to print its
+  results, also with fewer rounds asked for, and nothing in it changes.
+
+  As root, chmod does not stop a write; the unchanged modes, mtimes and
+  contents of every path (directories included, so a temporary file written
+  and removed shows too) are the check then.
+  """
+  reference, _ = uninterrupted
+  workdir = tmp_path / 'finished'
+  shutil.copytree(reference, workdir)
+  _set_writable(workdir, False)
+  try:
+    before = _state(workdir)
+    result = run_main(config_file, workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Round 2: pass@1' in result.stdout
+    assert f'Summary: {workdir / "summary.json"}' in result.stdout
+    assert _state(workdir) == before
+    # Fewer rounds than were run: the summary keeps every round.
+    result = run_main(config_file, workdir,
+                      extra=['--config.loop.num_rounds=0'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'Round 0: pass@1' in result.stdout
+    assert _state(workdir) == before
+  finally:
+    _set_writable(workdir, True)
+  assert [r['round'] for r in json.loads(
+      (workdir / 'summary.json').read_text())['rounds']] == [0, 1, 2]
+
+
+def test_a_rerun_adds_its_timings_to_the_earlier_ones(
+    config_file, run_main, uninterrupted, tmp_path):
+  """A rerun that evaluates round 2 again keeps the times of the stages the
+  first invocation ran (it once wrote only its own `total`)."""
+  reference, _ = uninterrupted
+  workdir = tmp_path / 'rerun'
+  shutil.copytree(reference, workdir)
+  (workdir / 'round_2' / 'eval.json').unlink()
+  (workdir / 'summary.json').unlink()
+  earlier = json.loads((reference / 'timings.json').read_text())
+  result = run_main(config_file, workdir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  timings = json.loads((workdir / 'timings.json').read_text())
+  assert set(timings) == set(earlier)
+  for name in ('round_0/warmup', 'round_0/eval', 'round_1/think',
+               'round_1/train', 'round_1/eval'):
+    assert timings[name] == earlier[name], name
+  assert timings['total'] > earlier['total']
+  assert (json.loads((workdir / 'summary.json').read_text()) ==
+          json.loads((reference / 'summary.json').read_text()))

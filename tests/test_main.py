@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,13 @@ def _main(*args):
       capture_output=True, text=True, check=False,
       env={'PYTHONPATH': str(_REPO), 'PATH': '/usr/bin:/bin',
            'JAX_PLATFORMS': 'cpu'})
+
+
+def _message_lines(stderr):
+  """stderr without the C++ runtime's start-up log lines (TensorFlow, XLA)."""
+  return [line for line in stderr.strip().splitlines()
+          if not re.match(r'[IWEF]\d{4} ', line) and not line.startswith(
+              'WARNING: All log messages before absl::InitializeLog()')]
 
 
 def _printed_config(stdout):
@@ -133,3 +141,72 @@ def test_the_headline_errors_are_one_line(tmp_path):
   assert result.returncode == 2
   assert f'Config file {config_file} defines no get_config()' in result.stderr
   assert 'Traceback' not in result.stderr
+  assert len(_message_lines(result.stderr)) == 1, result.stderr
+
+
+def test_a_mesh_that_does_not_fit_the_devices_is_one_line(tmp_path):
+  # One CPU device here.
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path}',
+                 '--config.mesh.shape=(2,1,1)')
+  assert result.returncode == 2
+  assert _message_lines(result.stderr) == [
+      'Invalid config: config.mesh.shape=(2, 1, 1) needs 2 devices; there '
+      'are 1.']
+
+
+def _gsm8k_dir(directory, train_lines, test_lines=None):
+  """A gsm8k_path directory: train.jsonl and test.jsonl of the given lines
+  (test: the first shared test problem)."""
+  directory.mkdir()
+  if test_lines is None:
+    test_lines = (_REPO.parent / 'shared' / 'data' / 'gsm8k' /
+                  'test.jsonl').read_text().splitlines()[:1]
+  for name, lines in (('train', train_lines), ('test', test_lines)):
+    (directory / f'{name}.jsonl').write_text(''.join(
+        line + '\n' for line in lines))
+  return directory
+
+
+_GOOD_GSM8K_LINE = json.dumps({'question': 'How many?',
+                               'answer': 'One and one.\n#### 2'})
+
+
+@pytest.mark.parametrize('train_lines, test_lines, message', [
+    ([], None, 'train.jsonl: the file holds no records.'),
+    ([_GOOD_GSM8K_LINE], [], 'test.jsonl: the file holds no records.'),
+    ([_GOOD_GSM8K_LINE, '{"question": "q"'], None,
+     'train.jsonl:2: Expecting'),
+    ([_GOOD_GSM8K_LINE] * 3 + [json.dumps({'question': 'Who?',
+                                          'answer': 'Bob.\n#### Bob'})],
+     None, "train.jsonl:4: GSM8K answer '#### Bob' is not a number"),
+])
+def test_bad_gsm8k_data_is_one_line_naming_file_and_line(
+    tmp_path, train_lines, test_lines, message):
+  data = _gsm8k_dir(tmp_path / 'gsm8k', train_lines, test_lines)
+  result = _main('--config=configs/tiny.py', f'--workdir={tmp_path / "w"}',
+                 '--config.task.name=gsm8k',
+                 f'--config.task.gsm8k_path={data}')
+  assert result.returncode == 2
+  lines = _message_lines(result.stderr)
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith(f'Bad input data: {data}/{message}'), lines
+
+
+@pytest.mark.parametrize('override, message', [
+    ('sampling.batch_size=0', 'config.sampling.batch_size=0 must be >= 1.'),
+    ('sampling.num_samples_per_problem=0',
+     'config.sampling.num_samples_per_problem=0 must be >= 1.'),
+    ('sampling.max_new_tokens=-1',
+     'config.sampling.max_new_tokens=-1 must be >= 1.'),
+    ('sampling.temperature=-1', 'config.sampling.temperature=-1.0 must be '
+     '>= 0'),
+])
+def test_sampling_values_are_refused_by_dry_run(override, message):
+  """Once checked only when sampling started, 25 s into a run."""
+  result = _main('--config=configs/tiny.py', '--dry_run',
+                 f'--config.{override}')
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'Invalid config: {message}')
+  assert 'Traceback' not in result.stderr
+  assert 'Resolved config' not in result.stdout

@@ -101,6 +101,50 @@ def test_shards_are_deterministic(tmp_path):
     assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
+def _write_in_a_new_process(directory):
+  """`write_round(_traces(), directory)` in a fresh interpreter."""
+  script = ('import sys; import test_records as t; from tpt_jax import '
+            'records; records.write_round(t._traces(), sys.argv[1])')
+  env = dict(os.environ,
+             PYTHONPATH=f'{REPO_ROOT}{os.pathsep}{REPO_ROOT / "tests"}')
+  return subprocess.Popen([sys.executable, '-c', script, str(directory)],
+                          env=env, cwd=REPO_ROOT, stderr=subprocess.PIPE)
+
+
+def test_every_file_is_byte_identical_between_processes(tmp_path):
+  """Two processes writing the same traces write the same bytes.
+
+  (Protobuf serializes a tf.train.Example's feature map in an order that
+  depends on the process; in one process two writes always agree.)
+  """
+  writers = [_write_in_a_new_process(tmp_path / name) for name in 'ab']
+  for writer in writers:
+    _, stderr = writer.communicate(timeout=300)
+    assert writer.returncode == 0, stderr[-2000:]
+  names = sorted(p.name for p in (tmp_path / 'a').iterdir())
+  assert names == sorted(p.name for p in (tmp_path / 'b').iterdir())
+  assert any('.tfrecord-' in name for name in names)
+  assert any('.array_record-' in name for name in names)
+  for name in names:
+    assert ((tmp_path / 'a' / name).read_bytes() ==
+            (tmp_path / 'b' / name).read_bytes()), name
+
+
+def test_examples_are_serialized_with_their_features_in_key_order(written):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  shards = sorted(p for p in written.iterdir() if '.tfrecord-' in p.name)
+  serialized = [r.numpy() for shard in shards
+                for r in tf.data.TFRecordDataset(os.fspath(shard))]
+  assert len(serialized) == len(_traces())
+  for record in serialized:
+    example = tf.train.Example.FromString(record)
+    assert record == example.SerializeToString(deterministic=True)
+  source = tfds.builder_from_directory(os.fspath(written)).as_data_source(
+      split='train')
+  # The ArrayRecord copy holds the same bytes.
+  assert [source.data_source[i] for i in range(len(source))] == serialized
+
+
 def test_round_settings_override_the_traces(tmp_path):
   path = records.write_round(
       _traces(), tmp_path / 'round_002', round_index=2, checkpoint_id='ck-7',

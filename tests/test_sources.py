@@ -96,6 +96,16 @@ def test_on_error_is_validated(tmp_path):
     sources.load_gsm8k(path, on_error='ignore')
 
 
+@pytest.mark.parametrize('on_error', ['raise', 'skip'])
+def test_empty_file_is_an_error_naming_it(tmp_path, on_error):
+  path = _write_jsonl(tmp_path / 'train.jsonl', ['\n', '  \n'])
+  with pytest.raises(sources.MalformedInputError,
+                     match=f'{path}: the file holds no records'):
+    sources.load_gsm8k(path, 'train', on_error=on_error)
+  with pytest.raises(sources.MalformedInputError, match=str(path)):
+    sources.load_mbpp(path, 'train')
+
+
 def test_missing_file_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.jsonl'):
     sources.load_gsm8k(tmp_path / 'nope.jsonl')

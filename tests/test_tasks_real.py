@@ -311,13 +311,28 @@ def test_paper_strict_compares_with_gsm8ks_own_answer_text(gsm8k_problems):
   assert [correct for correct, _ in verdicts] == [False, True]
 
 
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_gsm8k_empty_split_file_is_an_error_naming_it(tmp_path, split):
+  good = json.dumps({'question': 'How many?', 'answer': 'Two.\n#### 2'})
+  for name in ('train', 'test'):
+    (tmp_path / f'{name}.jsonl').write_text('' if name == split else good)
+  config = _config('gsm8k', gsm8k_path=str(tmp_path))
+  config.sources.on_malformed_line = 'skip'  # Not a malformed line.
+  with pytest.raises(sources.MalformedInputError,
+                     match=re.escape(f'{tmp_path / split}.jsonl: the file '
+                                     'holds no records.')):
+    tasks.get_task('gsm8k').load_problems(split, config)
+
+
 @pytest.mark.parametrize('spec, data_dir', [
     ('tfds', None), ('tfds:/data/tfds', '/data/tfds')])
 def test_gsm8k_tfds_spec_goes_to_the_tfds_loader(spec, data_dir, monkeypatch):
   calls = []
-  def fake_load(path_or_tfds, split, *, on_error, tfds_data_dir=None):
+  def fake_load(path_or_tfds, split, *, on_error, tfds_data_dir=None,
+                convert):
     calls.append((path_or_tfds, split, on_error, tfds_data_dir))
-    return [sources.Problem('gsm8k/test/0', 'Q?', '5', 'So 5.\n#### 5')]
+    return [convert(sources.Problem('gsm8k/test/0', 'Q?', '5',
+                                    'So 5.\n#### 5'))]
   monkeypatch.setattr(sources, 'load_gsm8k', fake_load)
   problems = tasks.get_task('gsm8k').load_problems(
       'test', _config('gsm8k', gsm8k_path=spec))

@@ -630,3 +630,16 @@ def test_get_grader_names_the_known_graders():
   no_fallback = graders.get_grader('default', last_number_fallback=False)
   assert not no_fallback('she has 12 left', '12').correct
   assert graders.get_grader('default')('she has 12 left', '12').correct
+
+
+def test_fuzz_script_runs_and_finds_no_exception():
+  """scripts/fuzz_verify.py on a few completions (a smoke test, not timed:
+  the script itself reports the slow calls)."""
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / 'scripts' / 'fuzz_verify.py'),
+       '--num_completions=300'], capture_output=True, text=True,
+      cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'calls: 900 in' in result.stdout
+  assert 'exceptions: 0;' in result.stdout

@@ -131,3 +131,44 @@ def test_gsm8k_task_grades_by_each_grader_in_workers():
   with pytest.raises(ValueError, match="known graders: default, "
                      "paper_strict"):
     gsm8k.TASK.verifier(verify_config, 'lenient')
+
+
+def _hang_on_marker(verify, completion, problem):
+  if completion == HANG:
+    time.sleep(90)  # (Long enough to fail the test below, done serially.)
+  return verify(completion, problem)
+
+
+class _Gsm8kWithAHang:
+  """GSM8K whose verifier hangs on the HANG completion."""
+  name = 'gsm8k'
+
+  def verifier(self, verify_config):
+    return functools.partial(_hang_on_marker,
+                             gsm8k.TASK.verifier(verify_config))
+
+
+def test_a_stage_verifies_in_workers_and_one_hang_does_not_stall_it():
+  """stages.verify_completions (think, eval): each completion within
+  config.verify.timeout_s, in workers (it once verified serially in the
+  main process, where one completion could stall the stage)."""
+  import types  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from tpt_jax import stages  # pylint: disable=g-import-not-at-top
+  from tpt_jax import tasks  # pylint: disable=g-import-not-at-top
+  from tpt_jax import verify  # pylint: disable=g-import-not-at-top
+  verify_config = verify.default_config()
+  verify_config.timeout_s = 1.0
+  verify_config.num_workers = 2
+  ctx = types.SimpleNamespace(
+      config=ml_collections.ConfigDict({'verify': verify_config}),
+      task=_Gsm8kWithAHang())
+  problems = [tasks.Problem(f'gsm8k/test/{i}', 'q', str(i))
+              for i in range(6)]
+  completions = [f'#### {i}' for i in range(6)]
+  completions[2] = HANG
+  start = time.perf_counter()
+  verdicts = stages.verify_completions(ctx, completions, problems)
+  # Worker start-up included; serially, the hang alone takes 90 s.
+  assert time.perf_counter() - start < 60.0
+  assert verdicts == [(i != 2, None if i == 2 else str(i)) for i in range(6)]

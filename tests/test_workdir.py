@@ -77,6 +77,20 @@ def test_a_finished_workdir_is_not_written_on_resume(tmp_path):
   assert path.stat().st_mtime_ns == mtime
 
 
+def test_a_moved_workdir_or_fewer_rounds_write_no_config(tmp_path):
+  """Resumable differences (the workdir's path, loop.num_rounds) leave the
+  saved config, that of the start, untouched."""
+  workdir_lib.check_or_save_config(tmp_path, _config())
+  (tmp_path / 'round_0').mkdir()
+  path = tmp_path / workdir_lib.CONFIG_FILE
+  before = (path.read_text(), path.stat().st_mtime_ns)
+  moved = _config()
+  moved.workdir = '/mounted/read-only/elsewhere'
+  moved.loop = ml_collections.ConfigDict({'num_rounds': 0})
+  workdir_lib.check_or_save_config(tmp_path, moved)
+  assert (path.read_text(), path.stat().st_mtime_ns) == before
+
+
 def test_another_config_or_an_old_layout_is_refused(tmp_path):
   workdir_lib.check_or_save_config(tmp_path, _config())
   (tmp_path / 'round_0').mkdir()  # Something was computed with it.
@@ -104,3 +118,18 @@ def test_timings_of_a_rerun_are_merged_not_lost(tmp_path):
   before = (tmp_path / workdir_lib.TIMINGS_FILE).read_text()
   workdir_lib.Timings(tmp_path).save()
   assert (tmp_path / workdir_lib.TIMINGS_FILE).read_text() == before
+
+
+def test_prepare_removes_temporaries_of_killed_json_writes(tmp_path):
+  shards = tmp_path / 'round_1' / 'think'
+  shards.mkdir(parents=True)
+  stale = [tmp_path / '.summary.json.0a1b2c3d.tmp',
+           shards / '.shard_00000.json.deadbeef.tmp']
+  for path in stale:
+    path.write_text('{"records": [')  # Killed mid-write.
+  kept = [shards / 'shard_00001.json', tmp_path / '.processes']
+  kept[0].write_text('{}')
+  kept[1].mkdir()
+  workdir_lib.prepare(_config(), tmp_path)
+  assert [p for p in stale if p.exists()] == []
+  assert all(p.exists() for p in kept)

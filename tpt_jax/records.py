@@ -14,8 +14,13 @@ written with the training split in the same directory.
 The directory holds the dataset twice, as TFRecord (what `as_dataset` reads
 in this TFDS version) and as ArrayRecord (what `as_data_source` needs), with
 identical examples in identical order. Examples are stored in the order
-given, without shuffling, so the same traces always give the same shard
-bytes.
+given, without shuffling, and each `tf.train.Example` is serialized with its
+features in key order: TFDS serializes the feature map in protobuf's map
+order, which differs from one process to the next, so its TFRecord shards
+are rewritten in that canonical form before the ArrayRecord copy is made.
+The same traces therefore give the same bytes in every file of the
+directory (shards, `dataset_info.json`, `features.json`), in any process,
+with the same library versions.
 
 Writing is atomic: everything is written into a hidden staging directory
 beside the target (`.NAME.tmp-*`) and renamed into place at the end. A write
@@ -121,7 +126,8 @@ def _keyed_examples(traces: Sequence[Trace],
 
 
 def _add_array_record_copy(builder: tfds.core.DatasetBuilder) -> None:
-  """Writes an ArrayRecord copy of each TFRecord shard and records it."""
+  """Rewrites each TFRecord shard in canonical form (features in key order),
+  writes an ArrayRecord copy of it and records that copy."""
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   from tensorflow_datasets.core import file_adapters
@@ -130,6 +136,14 @@ def _add_array_record_copy(builder: tfds.core.DatasetBuilder) -> None:
   for shard in sorted(data_dir.iterdir()):
     if _TFRECORD_INFIX not in shard.name:
       continue
+    # (Inside the staging directory: nothing reads it before the rename.)
+    canonical = shard.with_name(shard.name + '.canonical')
+    file_adapters.TfRecordFileAdapter.write_examples(
+        canonical,
+        ((None, tf.train.Example.FromString(record.numpy()).SerializeToString(
+            deterministic=True))
+         for record in tf.data.TFRecordDataset(os.fspath(shard))))
+    os.replace(canonical, shard)
     serialized = (record.numpy() for record in
                   tf.data.TFRecordDataset(os.fspath(shard)))
     file_adapters.ArrayRecordFileAdapter.write_examples(

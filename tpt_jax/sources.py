@@ -80,7 +80,8 @@ def _read_jsonl(
   skipping a bad line does not shift the ids of the lines after it). `parse`
   returns None to leave a record out, and raises ValueError (or KeyError /
   TypeError) for a malformed one, which is raised or skipped as `on_error`
-  says.
+  says. A file without a single non-blank line is an error (naming it)
+  whatever `on_error` says.
   """
   if on_error not in ON_ERROR_CHOICES:
     raise ValueError(
@@ -121,6 +122,10 @@ def _read_jsonl(
         malformed.append(_Malformed(f'{path}:{line_number}', reason))
         if on_error == 'raise':
           break
+  if record_index < 0 and not malformed:
+    # Not a malformed line but no data at all: a split of 0 problems would
+    # run every stage on nothing.
+    raise MalformedInputError(f'{path}: the file holds no records.')
   if malformed:
     if on_error == 'raise':
       first = malformed[0]
@@ -183,7 +188,9 @@ def load_gsm8k(path_or_tfds: str | os.PathLike[str],
                split: str = 'train',
                *,
                on_error: str = 'raise',
-               tfds_data_dir: str | None = None) -> list[Problem]:
+               tfds_data_dir: str | None = None,
+               convert: Callable[[Problem], Problem] | None = None
+               ) -> list[Problem]:
   """Loads GSM8K from JSONL or from TFDS.
 
   Args:
@@ -193,23 +200,29 @@ def load_gsm8k(path_or_tfds: str | os.PathLike[str],
       (`gsm8k/{split}/{index}`, index = position in the split from 0).
     on_error: 'raise' or 'skip' for malformed lines (JSONL only).
     tfds_data_dir: TFDS data dir when reading from TFDS.
+    convert: applied to each problem as it is read (a task's own checks and
+      formatting); a ValueError it raises makes the record malformed, named
+      by file and line.
 
   Returns:
     The problems in file order.
   """
+  convert = convert or (lambda problem: problem)
   if str(path_or_tfds) == 'tfds':
-    return _load_gsm8k_tfds(split, tfds_data_dir)
+    return _load_gsm8k_tfds(split, tfds_data_dir, convert)
   path = pathlib.Path(path_or_tfds)
   if path.is_dir():
     path = path / f'{split}.jsonl'
   # The id is the record's position in the file (blank lines excluded), which
   # is also its position in TFDS's split.
   return _read_jsonl(
-      path, lambda record, index: _gsm8k_problem(record, split, index),
+      path,
+      lambda record, index: convert(_gsm8k_problem(record, split, index)),
       on_error)
 
 
-def _load_gsm8k_tfds(split: str, data_dir: str | None) -> list[Problem]:
+def _load_gsm8k_tfds(split: str, data_dir: str | None,
+                     convert: Callable[[Problem], Problem]) -> list[Problem]:
   """Reads TFDS's `gsm8k` in its stored order (no download: prepare first)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   dataset = tfds.load('gsm8k', split=split, data_dir=data_dir,
@@ -219,7 +232,7 @@ def _load_gsm8k_tfds(split: str, data_dir: str | None) -> list[Problem]:
     record = {k: v.decode('utf-8') if isinstance(v, bytes) else v
               for k, v in example.items()}
     try:
-      problems.append(_gsm8k_problem(record, split, index))
+      problems.append(convert(_gsm8k_problem(record, split, index)))
     except (ValueError, KeyError, TypeError) as e:
       raise MalformedInputError(
           f'tfds gsm8k[{split}] example {index}: {e}') from e

@@ -289,7 +289,7 @@ def check_or_save_config(workdir: PathLike,
                          config: ml_collections.ConfigDict) -> None:
   """Saves the config in a new workdir; in one already started, refuses a
   config that differs (in anything that changes results) or a workdir of
-  another layout."""
+  another layout, and leaves the saved config as it is."""
   path = epath.Path(workdir) / CONFIG_FILE
   current = config_as_json(config)
   if path.exists():
@@ -303,6 +303,7 @@ def check_or_save_config(workdir: PathLike,
           'rounds cannot be resumed. Use a new --workdir, or the tpt_jax '
           'version that started it.')
     differences = config_differences(saved, current)
+    starting_over = False
     if differences and not _computed_anything(epath.Path(workdir)):
       # Nothing was computed with the old values (the run failed at start):
       # the workdir is not locked to them.
@@ -311,13 +312,18 @@ def check_or_save_config(workdir: PathLike,
       if is_writer():
         (epath.Path(workdir) / 'tokenizer.model').unlink(missing_ok=True)
       differences = []
+      starting_over = True
     if differences:
       raise config_fields.ConfigError(
           f'{workdir} holds a run started with another config; rerun with '
           'the same config to resume, or use a new --workdir. Differences:\n  '
           + '\n  '.join(differences))
-    if saved == {**current, LAYOUT_KEY: LAYOUT_VERSION}:
-      return  # Nothing to write: a finished workdir stays untouched.
+    if not starting_over:
+      # The saved config stays the one the run started with: what may differ
+      # (RESUMABLE_CHANGES: the workdir's path, loop.num_rounds, progress and
+      # mesh fields) changes nothing computed, and a finished workdir, moved
+      # or read-only, is not written to.
+      return
   write_json(path, {**current, LAYOUT_KEY: LAYOUT_VERSION})
 
 

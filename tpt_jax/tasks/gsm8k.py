@@ -35,7 +35,6 @@ from collections.abc import Callable
 import dataclasses
 import fractions
 import functools
-import logging
 import re
 from typing import Sequence
 
@@ -94,36 +93,24 @@ def _to_problem(problem: tasks.Problem) -> tasks.Problem:
       solution=reformat_solution(problem.solution, answer))
 
 
-def _convert(problems: Sequence[tasks.Problem],
-             on_error: str) -> list[tasks.Problem]:
-  """`_to_problem` of each; a bad one is raised or skipped as `on_error` says.
-  """
-  converted = []
-  for problem in problems:
-    try:
-      converted.append(_to_problem(problem))
-    except sources.MalformedInputError as e:
-      if on_error != 'skip':
-        raise
-      logging.warning('Skipped a malformed GSM8K problem: %s', e)
-  return converted
-
-
 def _load(split: str, config: ml_collections.ConfigDict
           ) -> list[tasks.Problem]:
-  """sources.load_gsm8k on what `config.task.gsm8k_path` names."""
+  """sources.load_gsm8k on what `config.task.gsm8k_path` names, each problem
+  through `_to_problem` as it is read (so that a bad final answer is named by
+  file and line, and raised or skipped as config.task.sources says)."""
   spec = config.get('gsm8k_path')
   on_error = tasks.on_malformed_line(config)
   if spec is not None and (spec == _TFDS or spec.startswith(_TFDS + ':')):
     data_dir = spec[len(_TFDS) + 1:] or None
     return sources.load_gsm8k(_TFDS, split, on_error=on_error,
-                              tfds_data_dir=data_dir)
+                              tfds_data_dir=data_dir, convert=_to_problem)
   path = tasks.data_path(config, 'gsm8k_path', NAME)
   if path.is_dir() and not (path / f'{split}.jsonl').is_file():
     raise config_fields.ConfigError(
         f'config.task.gsm8k_path={str(path)!r} is a directory without '
         f'{split}.jsonl.')
-  return sources.load_gsm8k(path, split, on_error=on_error)
+  return sources.load_gsm8k(path, split, on_error=on_error,
+                            convert=_to_problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +129,7 @@ class Gsm8kTask(tasks.WorkedSolutionsFromTrainSplit):
     if split not in tasks.SPLITS:
       raise ValueError(
           f'split={split!r} is not one of {", ".join(tasks.SPLITS)}.')
-    return _convert(_load(split, config), tasks.on_malformed_line(config))
+    return _load(split, config)
 
   def verify(self, completion: str,
              problem: tasks.Problem) -> tuple[bool, str | None]:
