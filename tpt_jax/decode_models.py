@@ -107,12 +107,13 @@ def _rms_norm(x: jax.Array, scale: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Gemma2Decoder:
-  """`PagedDecoder` for `gm.nn.Transformer` (Gemma2 and its toy variants)."""
+class _Decoder:
+  """What every family's decode path reads off its model; `prefill` is the
+  family's own forward pass with a dense cache."""
   model: models.Model
 
   @property
-  def config(self) -> gm.nn.config.TransformerConfig:
+  def config(self) -> Any:
     return self.model.config
 
   @property
@@ -138,6 +139,10 @@ class Gemma2Decoder:
   def prefill(self, params: models.Params, tokens: jax.Array,
               lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
     return _prefill(self.model, params, tokens, lengths)
+
+
+class Gemma2Decoder(_Decoder):
+  """`PagedDecoder` for `gm.nn.Transformer` (Gemma2 and its toy variants)."""
 
   def decode_step(self, params: models.Params, tokens: jax.Array,
                   kv: paged_kv.PagedKV, layout: paged_kv.PageLayout
@@ -206,35 +211,9 @@ class Gemma2Decoder:
     return logits.astype(jnp.float32), kv
 
 
-@dataclasses.dataclass(frozen=True)
-class _ModuleDecoder:
+class _ModuleDecoder(_Decoder):
   """`PagedDecoder` of a `layers.Transformer` family: its module decodes
   with a `layers.PagedCache` (see the module docstring)."""
-  model: models.Model
-
-  @property
-  def num_layers(self) -> int:
-    return self.model.config.num_layers
-
-  @property
-  def num_kv_heads(self) -> int:
-    return self.model.config.num_kv_heads
-
-  @property
-  def head_dim(self) -> int:
-    return self.model.config.head_dim
-
-  @property
-  def vocab_size(self) -> int:
-    return self.model.config.num_embed
-
-  @property
-  def dtype(self) -> jnp.dtype:
-    return self.model.compute_dtype
-
-  def prefill(self, params: models.Params, tokens: jax.Array,
-              lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return _prefill(self.model, params, tokens, lengths)
 
   def decode_step(self, params: models.Params, tokens: jax.Array,
                   kv: paged_kv.PagedKV, layout: paged_kv.PageLayout
