@@ -1,8 +1,8 @@
 r"""Gemma2-27B: Think, Prune, Train on GSM8K.
 
 Run (on several hosts start the same command on each, jax.distributed is
-initialised from the environment; see "Hardware": not yet shown to fit a
-v5e-32 or a v5p-32, so plan your slice first with `python -m tpt_jax.plan`):
+initialised from the environment; see "Hardware": as configured it does not
+fit a v5e-32, so plan your slice first with `python -m tpt_jax.plan`):
 
   python -m tpt_jax.main --config=configs/gemma2_27b.py \
       --config.checkpoint.path=/ckpts/gemma2-27b \
@@ -17,19 +17,21 @@ fine-tuning; greedy Pass@1, pass@4 and maj@4 on the test split each round.
 Hardware (`python -m tpt_jax.plan`: libtpu's compiler on a CPU host, no
 TPU attached; bytes per chip):
 
-  Not compiled yet (too slow on our shared 2-core host). The plan's argument
-  bytes from the shardings alone (mesh (1, -1, 4)):
-    v5e-32 (fsdp 8 x tensor 4): train_step 9.5 GiB (f32 params + AdamW
-      state) of 16; the sampler's decode cache 5.8 -> 6.8 GiB (256 rows x
-      2,048-slot prompt bucket), params 1.6 GiB.
-    v5p-32 (16 chips of 95 GiB, fsdp 4 x tensor 4): train_step 19.0 GiB;
-      decode cache 11.5 -> 13.7 GiB, params 3.2 GiB.
-    v5e-4: full fine-tuning needs 76.1 GiB of arguments per chip: the plan
-      exits 3 naming train_step before compiling (tests/test_plan.py).
-  Gemma2-2B's compiled programs (configs/gemma2_2b.py) needed 14-48 GiB of
-  temporaries per chip on top of their arguments at these batch settings;
-  run the plan for your slice, e.g.
-    python -m tpt_jax.plan --config=configs/gemma2_27b.py --topology=v5p-32
+  python -m tpt_jax.plan --config=configs/gemma2_27b.py --topology=v5e-32
+    does NOT fit (exit 3; 61 min here): train_step 30.3 of 15.75 GiB (9.5
+    GiB params + AdamW state, 20.8 GiB temporaries at 8 rows of 1,024 tokens
+    per chip: f32 logits alone 7.8 GiB); Think and Evaluate fit on the
+    training mesh (fsdp 8 x tensor 4; measured before the continuous
+    engine's paged attention ran per shard): prefill 5.3 GiB, decode 3.0
+    GiB (0.9 GiB page pool), a decode step est. 34.6 ms, 9% of the HBM
+    roofline (weights all-gathered over fsdp every step: try
+    --config.mesh.sampling_shape='(-1,1,8)').
+  v5p-32 (16 chips of 95 GiB, fsdp 4 x tensor 4): argument bytes from the
+    shardings alone: train_step 19.0 GiB; not compiled yet.
+  v5e-4: full fine-tuning needs 76.1 GiB of arguments per chip: the plan
+    exits 3 naming train_step before compiling (tests/test_plan.py).
+  To fit v5e-32, cut the train step's rows per micro-batch
+  (--config.train.grad_accum_steps=8) or use LoRA, and re-run the plan.
 
 Measured: not yet run by us.
 """
