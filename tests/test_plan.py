@@ -227,3 +227,16 @@ def test_planned_continuous_programs_are_the_ones_the_engine_runs():
   pool = programs['decode_step'].args[1]
   assert pool.k.shape[1] == spec.num_pages == 4 * -(
       -(32 // 4) * config.sampling.cache_tokens_per_slot // 16)
+
+
+@needs_libtpu
+@pytest.mark.parametrize('variant', ['llama3_tiny', 'gpt2_tiny'])
+def test_other_families_are_planned_with_their_own_decode_path(variant):
+  config = tiny_config()
+  config.model.variant = variant
+  status, out, err = run_plan(config, 'v5e-4')
+  assert status == plan.EXIT_FITS, out + err
+  assert 'All 7 programs fit on v5e-4.' in out
+  # The continuous engine's programs (its page pool), not the static ones.
+  assert re.search(r'^think_decode_step: fits, .*\n  params: .*\n  KV pool',
+                   out, re.M), out
