@@ -175,6 +175,24 @@ def test_greedy_continuous_equals_static(env):
   assert len({tuple(r.tokens.tolist()) for r in continuous}) == len(prompts)
 
 
+
+def test_token_id_zero_is_an_ordinary_token_outside_gemma(env):
+  """Id 0 is Llama-3's and GPT-2's '!' (only Gemma pads with it): prompts
+  holding it sample, and both engines agree on them."""
+  prompts = [[5, 0, 7, 0, 9], [0, 11, 12]]
+  limits = [4, 3]
+  continuous = env.continuous.sample_all(prompts, _GREEDY,
+                                         max_new_tokens=limits,
+                                         show_progress=False)
+  static = env.static.sample_all(prompts, _GREEDY, max_new_tokens=limits,
+                                 show_progress=False)
+  assert _tokens(continuous) == _tokens(static)
+  gemma = _model('gemma2_tiny')
+  with pytest.raises(ValueError, match=r'outside \[1, .*padding id'):
+    sampling.Sampler(gemma, gemma.init_params(jax.random.key(0))).sample_all(
+        prompts, _GREEDY, show_progress=False)
+
+
 _SAMPLED = sampling.SamplingSettings(
     num_samples_per_problem=4, max_new_tokens=10, temperature=1.0,
     batch_size=8, prompt_length_buckets=(32,), seed=7, page_size=4,

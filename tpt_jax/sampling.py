@@ -890,6 +890,9 @@ class Sampler:
     if len(prompts) == 0:
       raise ValueError('prompts is empty: nothing to sample.')
     vocab_size = self._model.config.num_embed
+    # Gemma's id 0 is its padding (the library counts non-zero tokens); in
+    # other vocabularies it is an ordinary token (Llama-3's and GPT-2's '!').
+    lowest_id = 1 if self._model.family == 'gemma2' else 0
     encoded = []
     for index, prompt in enumerate(prompts):
       if isinstance(prompt, str):
@@ -908,10 +911,11 @@ class Sampler:
       if tokens.size == 0:
         raise ValueError(f'prompts[{index}] is empty; a prompt needs at least '
                          'one token (BOS).')
-      if tokens.min() < 1 or tokens.max() >= vocab_size:
+      if tokens.min() < lowest_id or tokens.max() >= vocab_size:
         raise ValueError(
-            f'prompts[{index}] has token ids outside [1, {vocab_size}) '
-            '(0 is the padding id).')
+            f'prompts[{index}] has token ids outside [{lowest_id}, '
+            f'{vocab_size})' + (' (0 is the padding id).' if lowest_id else
+                                '.'))
       encoded.append(tokens.astype(np.int32))
     return encoded
 
