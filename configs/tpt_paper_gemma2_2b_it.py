@@ -35,7 +35,7 @@ On one GPU: --config.mesh.shape='(1,1,1)' --config.mesh.sampling_shape=None.
     and both evaluations (256 slots, continuous engine): prefill 8.7 GiB,
     decode 6.1 GiB, a decode step est. 32.8 ms (24% of the HBM roofline).
     Est. round 23 min (think 13.7, train 2.7, eval 6.6; 183-token
-    completions, 90% slot utilization assumed). 40 min to compile here
+    completions, 90% slot utilization assumed). 36 min to compile here
     (2-core CPU, under load), before the paged attention ran per shard (the
     2B decode step then went from 26% to 29% of the roofline).
 
