@@ -25,7 +25,8 @@ strict (`/paper_strict`) and default (`/default`) graders side by side.
 Hardware: the paper's micro-batch is 2 rows (8 = 2 x 4 accumulation), so
 training cannot split rows over 8 chips: this config trains on a (data 1,
 fsdp 2, tensor 4) mesh and samples with the params on every chip (data 8).
-On one GPU: --config.mesh.shape='(1,1,1)' --config.mesh.sampling_shape='(1,1,1)'.
+On one GPU: --config.mesh.shape='(1,1,1)'
+--config.mesh.sampling_shape='(1,1,1)'.
 
   python -m tpt_jax.plan --config=configs/tpt_paper_gemma2_2b_it.py \
       --topology=v5e-8
