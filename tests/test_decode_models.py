@@ -159,14 +159,17 @@ _GREEDY = sampling.SamplingSettings(
     page_size=4, steps_per_call=5, max_cache_segments=2, eos_token_ids=())
 
 
+def _greedy_on_both_engines(env, prompts, limits):
+  """Greedy results of (the continuous engine, the static engine)."""
+  return tuple(engine.sample_all(prompts, _GREEDY, max_new_tokens=limits,
+                                 show_progress=False)
+               for engine in (env.continuous, env.static))
+
+
 def test_greedy_continuous_equals_static(env):
   """Ragged prompts and per-row limits, 3x more rows than slots."""
   prompts = _prompts(env.model.config.num_embed, _LENGTHS)
-  continuous = env.continuous.sample_all(prompts, _GREEDY,
-                                         max_new_tokens=_LIMITS,
-                                         show_progress=False)
-  static = env.static.sample_all(prompts, _GREEDY, max_new_tokens=_LIMITS,
-                                 show_progress=False)
+  continuous, static = _greedy_on_both_engines(env, prompts, _LIMITS)
   assert _tokens(continuous) == _tokens(static)
   assert [r.num_generated_tokens for r in continuous] == list(_LIMITS)
   for ours, theirs in zip(continuous, static):
@@ -175,17 +178,11 @@ def test_greedy_continuous_equals_static(env):
   assert len({tuple(r.tokens.tolist()) for r in continuous}) == len(prompts)
 
 
-
 def test_token_id_zero_is_an_ordinary_token_outside_gemma(env):
   """Id 0 is Llama-3's and GPT-2's '!' (only Gemma pads with it): prompts
   holding it sample, and both engines agree on them."""
   prompts = [[5, 0, 7, 0, 9], [0, 11, 12]]
-  limits = [4, 3]
-  continuous = env.continuous.sample_all(prompts, _GREEDY,
-                                         max_new_tokens=limits,
-                                         show_progress=False)
-  static = env.static.sample_all(prompts, _GREEDY, max_new_tokens=limits,
-                                 show_progress=False)
+  continuous, static = _greedy_on_both_engines(env, prompts, [4, 3])
   assert _tokens(continuous) == _tokens(static)
   gemma = _model('gemma2_tiny')
   with pytest.raises(ValueError, match=r'outside \[1, .*padding id'):
