@@ -236,7 +236,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_choice(config, 'model.compute_dtype', DTYPES)
   _check_choice(config, 'checkpoint.format', CHECKPOINT_FORMATS)
   for field in ('shape', 'sampling_shape'):
-    if config.mesh.get(field) is None and field == 'sampling_shape':
+    if config.mesh.get(field) is None:  # sampling_shape unset: `shape`.
       continue
     shape = tuple(config.mesh[field])
     if len(shape) != len(MESH_AXES):
