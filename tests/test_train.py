@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from tpt_jax import optim
 from tpt_jax import sharding as sharding_lib
 from tpt_jax import tokenizer as tokenizer_lib
 from tpt_jax import train
+from tpt_jax import workdir as workdir_lib
 from gemma import gm  # pylint: disable=g-bad-import-order
 from gemma import peft  # pylint: disable=g-bad-import-order
 
@@ -241,6 +243,36 @@ def test_kill_and_resume_equals_uninterrupted_run(env):
   jax.tree.map(np.testing.assert_array_equal,
                jax.device_get(resumed.params),
                jax.device_get(env.reference.params))
+
+
+def test_a_damaged_checkpoint_is_refused_and_an_earlier_one_resumed(
+    env, tmp_path, capsys):
+  """Zeroed bytes in the newest checkpoint (same file size, which orbax
+  would restore silently) are found by its digest: the run names the file,
+  resumes from the checkpoint before it and ends as the uninterrupted run."""
+  workdir = tmp_path / 'damaged'
+  shutil.copytree(env.reference_workdir, workdir)
+  digest_dir = workdir / train.CHECKPOINT_DIGEST_DIR
+  # Digests of the kept checkpoints only (step 2's went with it).
+  assert sorted(p.name for p in digest_dir.iterdir()) == ['4.json', '6.json']
+  victim = max((p for p in (workdir / train.CHECKPOINT_DIR / '6').rglob('*')
+                if p.is_file()), key=lambda p: p.stat().st_size)
+  data = bytearray(victim.read_bytes())
+  data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+  victim.write_bytes(bytes(data))
+  capsys.readouterr()
+  resumed = train.train(env.config(), [env.records], tokenizer=env.tokenizer,
+                        workdir=workdir, mesh=_one_device(env.config()))
+  out = capsys.readouterr().out
+  assert f'Damaged checkpoint (checksum mismatch): {victim};' in out
+  reference = _losses(env.reference.history)
+  assert _losses(resumed.history) == {5: reference[5], 6: reference[6]}
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(resumed.params),
+               jax.device_get(env.reference.params))
+  # The re-saved step 6 has a fresh digest that matches it.
+  assert json.loads((digest_dir / '6.json').read_text()) == (
+      workdir_lib.directory_digest(workdir / train.CHECKPOINT_DIR / '6'))
 
 
 def test_final_params_load_into_gemma_and_generate(env):

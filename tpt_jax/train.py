@@ -52,7 +52,10 @@ asynchronously every `checkpoint_every` steps and at the end, keeping the last
 `checkpoint_keep`; each save holds the train state (step, params or adapters,
 optimizer state, RNG) and the data-stream position. On start the latest save
 is restored, so a killed run continues with exactly the same batches and
-losses. Metrics go to TensorBoard event files in `{workdir}/train` and to a
+losses. Each finished save gets a sha256 per file
+(`{workdir}/checkpoint_digests/<step>.json`, `checkpoint_checksums`); a
+checkpoint that differs from its digest or does not restore is reported,
+removed, and the next older one is used. Metrics go to TensorBoard event files in `{workdir}/train` and to a
 tqdm progress bar.
 
 Length: the SFT loop, its jitted step, remat, LoRA (adapters, merge) and
@@ -63,6 +66,7 @@ move out (not done yet: several other changes edit this module).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import concurrent.futures
 import dataclasses
 import functools
 import itertools
@@ -70,6 +74,7 @@ import logging
 import math
 import pathlib
 import sys
+import threading
 import time
 from typing import Any
 
@@ -98,6 +103,7 @@ Metrics = dict[str, float]
 REMAT_NONE = 'none'
 REMAT_FULL = 'full'
 CHECKPOINT_DIR = 'checkpoints'
+CHECKPOINT_DIGEST_DIR = 'checkpoint_digests'
 FINAL_PARAMS_DIR = 'final_params'
 FINAL_LORA_DIR = 'final_lora'
 TENSORBOARD_DIR = 'train'
@@ -157,6 +163,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Checkpoints: every N steps and at the end, keeping the last K.
   c.checkpoint_every = 100
   c.checkpoint_keep = 3
+  # A sha256 per file of each finished checkpoint (in checkpoint_digests/),
+  # checked on resume so that a damaged one is refused, not restored. Costs
+  # one read of every saved byte, in a background thread, by one process.
+  c.checkpoint_checksums = True
   # 'none', 'full' (recompute each block), or a jax.checkpoint_policies name
   # such as 'dots_with_no_batch_dims_saveable'.
   c.remat_policy = REMAT_NONE
@@ -799,6 +809,96 @@ def restore_checkpoint(manager: ocp.CheckpointManager, trainer: Trainer,
   return restored['state'], restored['data']
 
 
+class CheckpointDigests:
+  """sha256 of every file of each finished checkpoint, one JSON per step in
+  `directory` (beside the checkpoints), so that resume refuses a damaged
+  checkpoint (zeroed bytes keep a file's size and orbax restores them
+  silently) and falls back to an intact one.
+
+  A save is digested once it has finished: orbax's next `save` (and
+  `wait_until_finished`) waits for the previous one, so after those every
+  step that `manager.all_steps()` lists is complete but the one just
+  started. Digests are computed by
+  the writer process in a background thread; a step deleted meanwhile (by
+  `checkpoint_keep`) is skipped. A step without a digest (the run was killed
+  between the save and its digest, or `enabled` is False) is restored
+  unchecked.
+  """
+
+  def __init__(self, manager: ocp.CheckpointManager,
+               directory: str | pathlib.Path, *, enabled: bool = True):
+    self._manager = manager
+    self._directory = workdir_lib.as_path(directory)
+    self._enabled = enabled and workdir_lib.is_writer()
+    self._executor = None
+    self._pending: set[int] = set()
+    self._lock = threading.Lock()
+
+  def path(self, step: int) -> pathlib.Path:
+    return self._directory / f'{step}.json'
+
+  def record_finished(self, in_progress: int | None = None) -> None:
+    """Starts digesting every finished step that has no digest yet and
+    drops the digests of steps orbax removed. Call after `manager.save`
+    started the save of step `in_progress` (then every other listed step is
+    complete) or after `manager.wait_until_finished`."""
+    if not self._enabled:
+      return
+    steps = set(self._manager.all_steps())
+    self._drop_removed(steps)
+    with self._lock:
+      todo = sorted(step for step in steps - self._pending - {in_progress}
+                    if not self.path(step).exists())
+      self._pending.update(todo)
+    if not todo:
+      return
+    if self._executor is None:
+      self._executor = concurrent.futures.ThreadPoolExecutor(
+          max_workers=1, thread_name_prefix='checkpoint-digest')
+    for step in todo:
+      self._executor.submit(self._digest, step)
+
+  def _drop_removed(self, steps: set[int]) -> None:
+    if self._directory.exists():
+      for path in self._directory.iterdir():
+        if path.stem.isdigit() and int(path.stem) not in steps:
+          path.unlink(missing_ok=True)
+
+  def _digest(self, step: int) -> None:
+    step_dir = workdir_lib.as_path(self._manager.directory) / str(step)
+    try:
+      digest = workdir_lib.directory_digest(step_dir)
+      if step in self._manager.all_steps():
+        self._directory.mkdir(parents=True, exist_ok=True)
+        workdir_lib.write_json(self.path(step), digest)
+    except FileNotFoundError:  # Removed by checkpoint_keep meanwhile.
+      pass
+    finally:
+      with self._lock:
+        self._pending.discard(step)
+
+  def damaged_files(self, step: int) -> list[str] | None:
+    """The files of checkpoint `step` that differ from its digest (empty:
+    intact), or None when it has no digest."""
+    path = self.path(step)
+    if not path.exists():
+      return None
+    return workdir_lib.damaged_files(
+        workdir_lib.as_path(self._manager.directory) / str(step),
+        workdir_lib.read_json(path))
+
+  def forget(self, step: int) -> None:
+    if workdir_lib.is_writer():
+      self.path(step).unlink(missing_ok=True)
+
+  def close(self) -> None:
+    """Waits for the digests under way."""
+    if self._executor is not None:
+      self._executor.shutdown(wait=True)
+      self._executor = None
+      self._drop_removed(set(self._manager.all_steps()))
+
+
 def save_final_params(params: Params, path: str | pathlib.Path) -> str:
   """Saves a plain param tree where `gm.ckpts.load_params` reads it.
 
@@ -928,9 +1028,15 @@ class TrainResult:
 def _restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
                      pipeline: input_pipeline.InputPipeline,
                      total_steps: int, *, seed: int,
-                     init_params: Params | None) -> TrainState:
-  """The latest checkpoint's state (moving `pipeline` to its position), or a
-  fresh one."""
+                     init_params: Params | None,
+                     digests: CheckpointDigests) -> TrainState:
+  """The newest intact checkpoint's state (moving `pipeline` to its
+  position), or a fresh one.
+
+  A checkpoint whose files differ from their digest, or that orbax cannot
+  restore (e.g. a truncated file), is reported, removed, and the next older
+  one is tried; with none left, training starts over.
+  """
   latest = manager.latest_step()
   if latest is None:
     return trainer.init_state(jax.random.key(seed),
@@ -940,20 +1046,26 @@ def _restore_or_init(manager: ocp.CheckpointManager, trainer: Trainer,
         f'{manager.directory} holds a checkpoint at step {latest}, past this '
         f'run\'s {total_steps} steps (config.train.num_steps/num_epochs); '
         'train in a fresh workdir.')
-  # A damaged checkpoint (e.g. a truncated file) falls back to the newest
-  # one that restores; with none, training starts over.
   for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      state, data_state = restore_checkpoint(manager, trainer, step)
-    except Exception as e:  # pylint: disable=broad-except
-      print(f'Checkpoint {manager.directory}/{step} cannot be restored '
-            f'({type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]});'
-            ' removing it and trying an earlier one.', flush=True)
-      manager.delete(step)
-      continue
-    pipeline.restore(data_state)
-    logging.info('Resumed from %s at step %d.', manager.directory, step)
-    return state
+    damaged = digests.damaged_files(step)
+    if damaged:
+      print(f'Damaged checkpoint (checksum mismatch): {", ".join(damaged)}; '
+            'removing it and trying an earlier one.', flush=True)
+    else:
+      try:
+        state, data_state = restore_checkpoint(manager, trainer, step)
+      except Exception as e:  # pylint: disable=broad-except
+        print(f'Checkpoint {manager.directory}/{step} cannot be restored '
+              f'({type(e).__name__}: '
+              f'{(str(e).splitlines() or [""])[0][:200]}); removing it and '
+              'trying an earlier one.', flush=True)
+      else:
+        pipeline.restore(data_state)
+        logging.info('Resumed from %s at step %d%s.', manager.directory, step,
+                     '' if damaged == [] else ' (no digest to check)')
+        return state
+    manager.delete(step)
+    digests.forget(step)
   print(f'No checkpoint in {manager.directory} restores; training from the '
         'start.', flush=True)
   return trainer.init_state(jax.random.key(seed),
@@ -1020,10 +1132,14 @@ def train(config: ml_collections.ConfigDict,
   frozen = trainer.put_frozen(init_params)
 
   manager = checkpoint_manager(workdir / CHECKPOINT_DIR, train_config)
+  digests = CheckpointDigests(
+      manager, workdir / CHECKPOINT_DIGEST_DIR,
+      enabled=train_config.get('checkpoint_checksums', True))
   logger = None
   try:
     state = _restore_or_init(manager, trainer, pipeline, total_steps,
-                             seed=config.seed, init_params=init_params)
+                             seed=config.seed, init_params=init_params,
+                             digests=digests)
     start_step = int(jax.device_get(state.step))
     num_params = models.count_params(trainer.base_model.abstract_params())
     logger = _MetricsLogger(
@@ -1052,14 +1168,16 @@ def train(config: ml_collections.ConfigDict,
       state, metrics = trainer.step_fn(state, batch, frozen)
       pending.append((step, metrics))
       logger.step_done()
-      save_checkpoint(manager, step, state, pipeline.state,
-                      force=step == total_steps)
+      if save_checkpoint(manager, step, state, pipeline.state,
+                         force=step == total_steps):
+        digests.record_finished(in_progress=step)
       if step % train_config.log_every == 0 or step == total_steps:
         flush(first_window=not history)
     if manager.latest_step() != total_steps:
       save_checkpoint(manager, total_steps, state, pipeline.state,
                       force=True)
     manager.wait_until_finished()
+    digests.record_finished()
     heldout_loss = None
     if heldout is not None:
       heldout_loss = mean_loss(
@@ -1081,6 +1199,7 @@ def train(config: ml_collections.ConfigDict,
                         workdir / FINAL_LORA_DIR)
   finally:
     manager.close()
+    digests.close()
     if logger is not None:
       logger.close()
   return TrainResult(params=final, params_path=params_path,

@@ -55,7 +55,8 @@ LAYOUT_KEY = '_tpt_jax_layout'
 # Fields that may differ when a workdir is resumed: they change how a run
 # shows progress or where it runs, not what it computes.
 RESUMABLE_CHANGES = ('workdir', 'loop.num_rounds', 'sampling.show_progress',
-                     'train.progress_bar', 'train.log_every', 'mesh.shape',
+                     'train.progress_bar', 'train.log_every',
+                     'train.checkpoint_checksums', 'mesh.shape',
                      'mesh.distributed', 'mesh.heartbeat_timeout_s',
                      'sampling.page_size', 'sampling.cache_tokens_per_slot',
                      'sampling.steps_per_call', 'sampling.refill_fraction')
