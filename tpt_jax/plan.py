@@ -57,6 +57,7 @@ from jax.sharding import Mesh
 import ml_collections
 
 from tpt_jax import decode_models
+from tpt_jax import hlo_traffic
 from tpt_jax import models
 from tpt_jax import sampling
 from tpt_jax import sampling_continuous
@@ -164,6 +165,13 @@ class ProgramReport:
     seconds: the estimated time of one call.
     seconds_source: which estimate `seconds` is.
     peak_fraction: train MFU, or a decode step's HBM-roofline share.
+    hbm_traffic_bytes: per chip and call, what the compiled program moves
+      to and from HBM by its buffers' placement (`hlo_traffic`); unlike
+      XLA's `bytes accessed` it leaves out traffic to on-chip memory.
+    buffer_seconds, buffer_peak_fraction: `seconds` and `peak_fraction`
+      with the roofline's bytes taken from `hbm_traffic_bytes` instead.
+    hbm_traffic_loops_counted_once: loops of unknown trip count in the
+      program, counted once (then the traffic is a lower bound).
     compile_seconds: wall time of lowering + compiling here.
     notes: the program's notes.
   """
@@ -184,6 +192,10 @@ class ProgramReport:
   seconds: float = 0.0
   seconds_source: str = ''
   peak_fraction: float | None = None
+  hbm_traffic_bytes: float = 0.0
+  buffer_seconds: float = 0.0
+  buffer_peak_fraction: float | None = None
+  hbm_traffic_loops_counted_once: int = 0
   compile_seconds: float = 0.0
   notes: tuple[str, ...] = ()
 
@@ -218,6 +230,8 @@ class Plan:
   sampling_mesh_shape: dict[str, int]
   reports: tuple[ProgramReport, ...]
   round_estimate: RoundEstimate | None
+  # The same, from each program's `buffer_seconds`.
+  buffer_round_estimate: RoundEstimate | None = None
 
   @property
   def fits(self) -> bool:
@@ -521,12 +535,20 @@ def compile_program(program: Program, topology: topologies.Topology
            )
     source = (f'roofline max(flops/peak, bytes/HBM BW) ({why}'
               f'{f", x{k} micro-batches" if k > 1 else ""})')
-  peak_fraction = None
-  if seconds > 0 and program.kind == 'train' and program.model_flops:
-    peak_fraction = program.model_flops / (
-        topology.num_chips * chip.peak_bf16_flops * seconds)
-  elif seconds > 0 and program.kind == 'decode_step':
-    peak_fraction = (argument_bytes / chip.hbm_bytes_per_s) / seconds
+  # Loops are counted by their trip counts here, so no cost_multiplier.
+  traffic = hlo_traffic.hbm_traffic(compiled.as_text())
+  hbm_traffic_bytes = float(traffic.bytes)
+  buffer_seconds = max(flops / chip.peak_bf16_flops,
+                       hbm_traffic_bytes / chip.hbm_bytes_per_s)
+
+  def peak_fraction_at(step_seconds: float) -> float | None:
+    if step_seconds > 0 and program.kind == 'train' and program.model_flops:
+      return program.model_flops / (
+          topology.num_chips * chip.peak_bf16_flops * step_seconds)
+    if step_seconds > 0 and program.kind == 'decode_step':
+      return (argument_bytes / chip.hbm_bytes_per_s) / step_seconds
+    return None
+
   return ProgramReport(
       argument_bytes=int(memory.argument_size_in_bytes),
       output_bytes=int(memory.output_size_in_bytes),
@@ -535,7 +557,11 @@ def compile_program(program: Program, topology: topologies.Topology
       code_bytes=int(memory.generated_code_size_in_bytes),
       compiled=True, flops=flops, bytes_accessed=bytes_accessed,
       xla_seconds=xla_seconds, seconds=seconds, seconds_source=source,
-      peak_fraction=peak_fraction, compile_seconds=compile_seconds, **base)
+      peak_fraction=peak_fraction_at(seconds),
+      hbm_traffic_bytes=hbm_traffic_bytes, buffer_seconds=buffer_seconds,
+      buffer_peak_fraction=peak_fraction_at(buffer_seconds),
+      hbm_traffic_loops_counted_once=traffic.loops_without_trip_count,
+      compile_seconds=compile_seconds, **base)
 
 
 # --- a round's time -----------------------------------------------------------
@@ -702,13 +728,17 @@ def make_plan(config: ml_collections.ConfigDict, topology_name: str, *,
       print(f'compiling {program.name} for {topology.name} ...',
             file=progress, flush=True)
     reports.append(compile_program(program, topology))
-  estimate = estimate_round(
-      config, reports, served_by, assumptions, sampling_mesh,
+  estimate = functools.partial(
+      estimate_round, config, served_by=served_by, assumptions=assumptions,
+      sampling_mesh=sampling_mesh,
       continuous=uses_continuous_engine(config,
                                         models.build_model(config.model)))
   return Plan(topology=topology, mesh_shape=dict(mesh.shape),
               sampling_mesh_shape=dict(sampling_mesh.shape),
-              reports=tuple(reports), round_estimate=estimate)
+              reports=tuple(reports), round_estimate=estimate(reports),
+              buffer_round_estimate=estimate([
+                  dataclasses.replace(r, seconds=r.buffer_seconds)
+                  for r in reports]))
 
 
 def _gib(num_bytes: float) -> str:
@@ -759,10 +789,20 @@ def format_plan(plan: Plan) -> str:
         f'  per chip: {r.flops / 1e12:.3f} TFLOP, {r.bytes_accessed / 1e9:.3f}'
         f' GB accessed; est. {r.seconds * 1e3:.2f} ms per call from '
         f'{r.seconds_source}; XLA optimal_seconds {xla}')
+    lines.append(
+        f'  HBM traffic of the compiled buffers: '
+        f'{r.hbm_traffic_bytes / 1e9:.3f} GB; est. '
+        f'{r.buffer_seconds * 1e3:.2f} ms per call from roofline '
+        'max(flops/peak, HBM traffic/BW), a lower bound'
+        + (f' ({r.hbm_traffic_loops_counted_once} loops of unknown length '
+           'counted once)' if r.hbm_traffic_loops_counted_once else ''))
     if r.peak_fraction is not None:
       label = ('est. MFU (model FLOPs)' if r.kind == 'train' else
                'est. HBM-roofline fraction (argument bytes / BW / est.)')
-      lines.append(f'  {label}: {r.peak_fraction:.1%}')
+      buffer = ('' if r.buffer_peak_fraction is None else
+                f', {r.buffer_peak_fraction:.1%} from the HBM traffic')
+      lines.append(f'  {label}: {r.peak_fraction:.1%} from XLA\'s bytes '
+                   f'accessed{buffer}')
   lines.append('')
   failing = [r for r in plan.reports if not r.fits]
   if failing:
@@ -786,6 +826,15 @@ def format_plan(plan: Plan) -> str:
         f'{_duration(estimate.train_seconds)}, eval '
         f'{_duration(estimate.eval_seconds)})')
     lines += [f'  {line}' for line in estimate.assumptions]
+  if plan.buffer_round_estimate is not None:
+    estimate = plan.buffer_round_estimate
+    lines.append(
+        'Round estimate from the HBM traffic of the compiled buffers (XLA\'s '
+        'bytes accessed above also count copies into on-chip memory): '
+        f'{_duration(estimate.total_seconds)} (think '
+        f'{_duration(estimate.think_seconds)}, train '
+        f'{_duration(estimate.train_seconds)}, eval '
+        f'{_duration(estimate.eval_seconds)})')
   return '\n'.join(lines)
 
 
