@@ -28,6 +28,13 @@ model FLOPs; decode: the share of the HBM roofline, i.e. time to read the
 step's arguments once / the estimate). A round's wall time is then
 estimated from the config and the assumptions printed with it.
 
+XLA's `bytes accessed` also counts the copies the compiler makes into the
+chip's on-core memory (a lone decode matmul counts its weight 5 times), so
+each program also gets the HBM traffic of its compiled buffers
+(`tpt_jax.hlo_traffic`), a roofline time from that (a lower bound: no
+latency, no overlap losses), the fractions of peak both ways, and a second
+round estimate from those times. The first estimate is the pessimistic one.
+
 Exit status: 0 when every program fits; 3 when one does not (arguments alone
 over HBM are caught before compiling; the compiler's RESOURCE_EXHAUSTED
 counts too), naming the program, the chip's capacity, the overflow and what
