@@ -18,6 +18,7 @@ import pytest
 from tpt_jax import config as config_lib
 from tpt_jax.experiments import tpt
 from tpt_jax import records
+from tpt_jax import train as train_lib
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -291,6 +292,9 @@ def test_damaged_weights_are_found_and_retrained(config_file, run_main,
 
 def test_a_truncated_checkpoint_falls_back_to_an_earlier_one(
     config_file, run_main, uninterrupted, tmp_path):
+  """A checkpoint orbax cannot restore, and that has no digest to check
+  (a run killed between its save and its digest), falls back; a damaged one
+  with a digest is refused before restoring (tests/test_train.py)."""
   import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'truncated'
   reference, _ = uninterrupted
@@ -304,6 +308,8 @@ def test_a_truncated_checkpoint_falls_back_to_an_earlier_one(
   for path in (checkpoints_dir / str(latest)).rglob('*'):
     if path.is_file() and path.stat().st_size > 64:
       path.write_bytes(path.read_bytes()[:32])
+  (workdir / 'round_2' / 'train' / train_lib.CHECKPOINT_DIGEST_DIR /
+   f'{latest}.json').unlink()
   result = run_main(config_file, workdir)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'cannot be restored' in result.stdout
