@@ -32,8 +32,13 @@ TPU attached; bytes per chip):
     train_step 82.4 of 95 GiB per chip (19.0 GiB params + AdamW state,
     63.3 GiB temporaries), XLA's est. 3.71 s per step of 64 x 1,024 tokens,
     MFU 39.9%; Think on fsdp 4 x tensor 4: prefill 6.6 GiB, decode step 5.3
-    GiB, XLA's est. 18.5 ms; est. round 22.7 min (think 10.5, train 9.5,
+    GiB, XLA's est. 18.5 ms (10% of the HBM roofline); from the HBM traffic
+    of its compiled buffers (16.6 GB, the fsdp weight gathers included)
+    6.0 ms; est. round 22.7 min from XLA's times (think 10.5, train 9.5,
     eval 2.7 min: 7,473 problems x 4 samples, half kept).
+    With --config.mesh.sampling_shape='(-1,1,4)' (params replicated over
+    data) the decode step holds 14.8 GiB and moves 24.7 GB: est. 8.9 ms,
+    slower than the training mesh's 6.0 ms, so Think stays on it.
   v5e-4: full fine-tuning needs 76.1 GiB of arguments per chip: the plan
     exits 3 naming train_step before compiling (tests/test_plan.py).
   To fit v5e-32, cut the train step's rows per micro-batch

@@ -33,13 +33,17 @@ the largest bucket):
     fits on this config's sampling mesh (`mesh.sampling_shape=(-1, 1, 1)`:
     params replicated, slots over the 8 chips): prefill of 8 prompts of
     2,048 tokens 8.7 GiB (est. 47 ms), decode call 6.1 GiB; a decode step
-    6.0 GiB, est. 26.6 ms (bytes accessed / HBM bandwidth), 29% of the HBM
-    roofline (the step's arguments read once). On the training mesh
-    (fsdp=8) the step is 2.0 GiB but est. 27.5 ms and 8%, before the
-    all-gather of 4.3 GiB of weights per step over ICI that the estimate
-    leaves out. 9 min here.
-  The static engine (`sampling.engine='static'`) needs far more: its decode
-  holds 256 rows x 2,431 cache slots (30.0 GiB on v5e-8).
+    6.0 GiB. XLA's bytes accessed (21.7 GB) give est. 26.6 ms, 29% of the
+    HBM roofline (the step's arguments read once); they also count the
+    weights' copies into on-chip memory. The HBM traffic of the compiled
+    buffers is 6.56 GB: est. 8.0 ms, 96% of the roofline (a lower bound on
+    time). On the training mesh (fsdp=8) the step is 2.0 GiB but est.
+    27.5 ms and 8% by XLA's bytes, before the all-gather of 4.3 GiB of
+    weights per step over ICI that the estimate leaves out. 9 min here.
+  ... --topology=v5e-8 --programs=think --config.sampling.engine=static
+    the static engine's decode step holds 256 rows x 2,431 cache slots (12.6
+    GiB; its decode loop 38.3 GiB: exit 3); its HBM traffic is 13.6 GB,
+    est. 16.6 ms per step: 2.1x the continuous engine's.
   GSM8K 4-shot prompts are under ~900 tokens, so capping the buckets at
   1,024 is safe for this task. Not yet compiled: larger slices (v5e-16,
   v4-16), a tensor axis, Adafactor or bf16 master weights, which would cut

@@ -32,13 +32,15 @@ On one GPU: --config.mesh.shape='(1,1,1)'
       --topology=v5e-8
     fits (exit 0), all 10 programs: train_step 8.7 of 15.75 GiB per chip
     (1.2 GiB params + 2.4 GiB AdamW state, 4.4 GiB temporaries at 1 row of
-    1,600 tokens per chip; est. 0.64 s per step of 8 rows, MFU 21%); Think
-    and both evaluations (256 slots, continuous engine): prefill 8.7 GiB,
-    decode 6.1 GiB, a decode step est. 32.8 ms (24% of the HBM roofline).
-    Est. round 23 min (think 13.7, train 2.7, eval 6.6; 183-token
-    completions, 90% slot utilization assumed). 36 min to compile here
-    (2-core CPU, under load), before the paged attention ran per shard (the
-    2B decode step then went from 26% to 29% of the roofline).
+    1,600 tokens per chip; est. 0.64 s per step of 8 rows by XLA's bytes
+    accessed, MFU 21%; 0.18 s, 76% from the HBM traffic of the compiled
+    buffers); Think and both evaluations (256 slots, continuous engine):
+    prefill 8.7 GiB, decode 6.1 GiB, a decode step est. 29.9 ms by XLA's
+    bytes (26% of the HBM roofline), 8.1 ms by the buffers' 6.6 GB of HBM
+    traffic (95%). Est. round 21.2 min by XLA's bytes (think 12.6, train
+    2.7, eval 6.0), 6.5 min by the HBM traffic (a lower bound); 183-token
+    completions and 90% slot utilization assumed. 16.5 min to compile here
+    (2-core CPU, beside a CI run).
 
 Measured: not run by us. The paper reports GSM8K Pass@1 41.9% -> 57.6% for
 Gemma2-2B and 82% for Gemma2-9B under its protocol.
