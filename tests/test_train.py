@@ -275,6 +275,26 @@ def test_a_damaged_checkpoint_is_refused_and_an_earlier_one_resumed(
       workdir_lib.directory_digest(workdir / train.CHECKPOINT_DIR / '6'))
 
 
+def test_an_unreadable_digest_is_named_and_its_checkpoint_restored(
+    env, tmp_path, capsys):
+  """A damaged digest file (truncated JSON) is reported by path; the intact
+  checkpoint it belonged to is still restored, with no traceback."""
+  workdir = tmp_path / 'bad_digest'
+  shutil.copytree(env.reference_workdir, workdir)
+  digest = workdir / train.CHECKPOINT_DIGEST_DIR / '6.json'
+  digest.write_text(digest.read_text()[:20])
+  capsys.readouterr()
+  resumed = train.train(env.config(), [env.records], tokenizer=env.tokenizer,
+                        workdir=workdir, mesh=_one_device(env.config()))
+  out = capsys.readouterr().out
+  assert (f'Checkpoint digest {digest} is unreadable; restoring checkpoint 6 '
+          'unchecked.') in out
+  assert resumed.history == ()  # Step 6 of 6 restored: nothing to run.
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(resumed.params),
+               jax.device_get(env.reference.params))
+
+
 def test_final_params_load_into_gemma_and_generate(env):
   loaded = gm.ckpts.load_params(env.reference.params_path)
   model = models.build_model(env.config().model)

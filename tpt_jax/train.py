@@ -879,13 +879,21 @@ class CheckpointDigests:
 
   def damaged_files(self, step: int) -> list[str] | None:
     """The files of checkpoint `step` that differ from its digest (empty:
-    intact), or None when it has no digest."""
+    intact), or None when it has no readable digest (then said so)."""
     path = self.path(step)
     if not path.exists():
       return None
+    try:
+      expected = workdir_lib.read_json(path)
+    except ValueError as e:  # Damaged digest file (e.g. truncated JSON).
+      expected = e
+    if not (isinstance(expected, dict) and
+            all(isinstance(v, str) for v in expected.values())):
+      print(f'Checkpoint digest {path} is unreadable; restoring checkpoint '
+            f'{step} unchecked.', flush=True)
+      return None
     return workdir_lib.damaged_files(
-        workdir_lib.as_path(self._manager.directory) / str(step),
-        workdir_lib.read_json(path))
+        workdir_lib.as_path(self._manager.directory) / str(step), expected)
 
   def forget(self, step: int) -> None:
     if workdir_lib.is_writer():
